@@ -1,0 +1,317 @@
+"""Fast-weight memories of self-modifying Titans (HOPE spec section 2 and its appendix).
+
+A memory is a residual two-layer MLP with fast weights, `M(u) = u + W1 act(W2 u)`, that learns in context on
+`l_t(W) = 0.5 ||M(k_t) - vhat_t||^2` with delta gradient descent, momentum and decay:
+
+    u_t = grad_W l_t(W_s) + dgd * (W_s a_t) a_t^T          (W_s: the weights at the start of t's chunk)
+    S_t = beta S_{t-1} - eta_t u_t
+    W_t = alpha_t W_{t-1} + S_t
+
+Each operator comes twice, with one signature: a naive reference that walks the tokens one by one and takes the
+inner gradient with autograd, and the chunked dual form used by the model. Shapes: B rows, G independent memories
+(memories x heads), T tokens, d head size, R = r * d hidden width; W1 (B, G, d, R), W2 (B, G, R, d).
+
+Inputs are "compacted": each row's real tokens come first (`mask` is a prefix), and `counts` holds how many real
+tokens each row had already seen, so chunk boundaries fall at multiples of the chunk size in every row's own count.
+"""
+
+import math
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+class FastWeights(NamedTuple):
+    """State of a group of memories. `*_eval` are the weights at the start of the current chunk (where the inner
+    gradients and the self-generated targets are taken); `W1, W2, S1, S2` already include the chunk's updates."""
+
+    W1_eval: torch.Tensor
+    W2_eval: torch.Tensor
+    W1: torch.Tensor
+    W2: torch.Tensor
+    S1: torch.Tensor
+    S2: torch.Tensor
+
+
+def _silu_grad(z):
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+def _gelu_grad(z):
+    return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+ACTIVATIONS = {"silu": (F.silu, _silu_grad), "gelu": (F.gelu, _gelu_grad)}
+
+
+def memory_read(u, W1, W2, act: str):
+    """M(u) = u + W1 act(W2 u), batched over leading dims; u (..., T, d)."""
+    return u + ACTIVATIONS[act][0](u @ W2.mT) @ W1.mT
+
+
+def inner_update_factors(keys, targets, W1, W2, act: str, dgd: float):
+    """The inner updates are rank one: u1_t = b1_t a1_t^T (for W1), u2_t = b2_t a2_t^T (for W2). With z = W2 k,
+    h = act(z), e = M(k) - vhat: grad W1 = e h^T and grad W2 = ((W1^T e) * act'(z)) k^T; DGD adds (W1 h) h^T and
+    (W2 k) k^T. Returns (a1, b1, a2, b2)."""
+    fn, grad = ACTIVATIONS[act]
+    z = keys @ W2.mT
+    h = fn(z)
+    w1h = h @ W1.mT
+    err = keys + w1h - targets
+    return h, err + dgd * w1h, keys, (err @ W1) * grad(z) + dgd * z
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Slot layout: shift each row so that its chunk boundaries line up with a shared grid.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def to_slots(x, counts, lengths, chunk: int, dim: int = 2):
+    """Place compacted tokens at slot `counts % chunk + j` (padded to whole chunks). Returns (slots, active)."""
+    offset = counts % chunk
+    n_slots = max(int((offset + lengths).max()), 1)
+    n_slots = -(-n_slots // chunk) * chunk
+    j = torch.arange(n_slots, device=x.device)[None, :] - offset[:, None]  # (B, S)
+    active = (j >= 0) & (j < lengths[:, None])
+    idx = j.clamp(0, x.shape[dim] - 1)
+    shape = [1] * x.dim()
+    shape[0], shape[dim] = idx.shape
+    idx = idx.view(shape).expand(*x.shape[:dim], n_slots, *x.shape[dim + 1:])
+    return x.gather(dim, idx), active
+
+
+def from_slots(y, counts, length: int, chunk: int, dim: int = 2):
+    """Inverse of `to_slots` for the first `length` compacted positions."""
+    j = (torch.arange(length, device=y.device)[None, :] + (counts % chunk)[:, None]).clamp(max=y.shape[dim] - 1)
+    shape = [1] * y.dim()
+    shape[0], shape[dim] = j.shape
+    return y.gather(dim, j.view(shape).expand(*y.shape[:dim], length, *y.shape[dim + 1:]))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Chunked dual form
+# --------------------------------------------------------------------------------------------------------------
+
+
+def chunk_coefficients(eta, log_alpha, log_beta, active):
+    """Closed form of the masked recurrence over one chunk (m_j = 1 for real slots, 0 for no-op slots):
+
+        S_j = beta^{m_j} S_{j-1} - m_j eta_j u_j,   W_j = alpha_j W_{j-1} + m_j S_j
+        =>  W_j = A_j W_0 + c_j S_0 - sum_i G_ji u_i,   S_C = beta_C S_0 - sum_i s_i u_i
+
+    with A_j = prod alpha, gamma_ji = sum_{m=i..j} m_m (A_j/A_m) beta^(n_m - n_i) (n: real-token count) and
+    G = gamma * eta. eta, log_alpha: (B, G, C), zero at no-op slots; log_beta: (G,) or None (no momentum);
+    active: (B, 1, C) float. Returns A (B,G,C), c (B,G,C), G (B,G,C,C), beta_C (B,G,1,1) or None, s (B,G,C) or None.
+    """
+    C = eta.shape[-1]
+    causal = torch.ones(C, C, dtype=torch.bool, device=eta.device).tril()
+    log_A = log_alpha.cumsum(-1)
+    decay = torch.exp((log_A[..., :, None] - log_A[..., None, :]).masked_fill(~causal, float("-inf")))
+    if log_beta is None:
+        gamma = decay * active[..., None, :]
+        c = torch.zeros_like(log_A)
+        beta_end = s_end = None
+    else:
+        log_B = active.cumsum(-1) * log_beta[:, None]  # (B, G, C): log beta^{n_m}
+        mom = torch.exp((log_B[..., :, None] - log_B[..., None, :]).masked_fill(~causal, float("-inf")))
+        gamma = decay @ (mom * active[..., :, None])
+        c = (decay @ (active * log_B.exp())[..., None]).squeeze(-1)
+        beta_end = log_B[..., -1, None, None].exp()
+        s_end = mom[..., -1, :] * eta
+    return log_A.exp(), c, gamma * eta[..., None, :], beta_end, s_end
+
+
+def chunk_step(state: FastWeights, keys, targets, eta, log_alpha, log_beta, active, complete, act, dgd, queries=None):
+    """One chunk for a group of memories: rank-one inner updates at the chunk-start weights, the dual-form read
+    `o_j = q_j + W1_j act(W2_j q_j)` (W_j including tokens up to j) when `queries` is given, and the end state.
+    `complete` (B,) marks rows whose chunk ends here, so their next chunk is evaluated at the new weights."""
+    a1, b1, a2, b2 = inner_update_factors(keys, targets, state.W1_eval, state.W2_eval, act, dgd)
+    A, c, G, beta_end, s_end = chunk_coefficients(eta, log_alpha, log_beta, active)
+    out = None
+    if queries is not None:
+        A_, c_ = A[..., None], c[..., None]
+        z = A_ * (queries @ state.W2.mT) + c_ * (queries @ state.S2.mT) - (G * (queries @ a2.mT)) @ b2
+        hq = ACTIVATIONS[act][0](z)
+        out = queries + A_ * (hq @ state.W1.mT) + c_ * (hq @ state.S1.mT) - (G * (hq @ a1.mT)) @ b1
+    g = G[..., -1, :, None]
+    A_end, c_end = A[..., -1, None, None], c[..., -1, None, None]
+    W1 = A_end * state.W1 + c_end * state.S1 - (b1 * g).mT @ a1
+    W2 = A_end * state.W2 + c_end * state.S2 - (b2 * g).mT @ a2
+    if s_end is None:
+        S1, S2 = state.S1, state.S2
+    else:
+        s = s_end[..., None]
+        S1 = beta_end * state.S1 - (b1 * s).mT @ a1
+        S2 = beta_end * state.S2 - (b2 * s).mT @ a2
+    done = complete[:, None, None, None]
+    return out, FastWeights(torch.where(done, W1, state.W1_eval), torch.where(done, W2, state.W2_eval), W1, W2, S1, S2)
+
+
+def _masked_chunk_inputs(active, eta, log_alpha):
+    act_f = active.to(eta.dtype)[:, None, :]
+    return act_f, eta * act_f, log_alpha * act_f
+
+
+def _expand_groups(x, groups: int):
+    """(B, H, ...) per-head quantity -> (B, P*H, ...) for P = groups // H memories sharing it."""
+    return x if x.shape[1] == groups else x.repeat(1, groups // x.shape[1], *([1] * (x.dim() - 2)))
+
+
+def chunked_memory_scan(state, queries, keys, values, eta, log_alpha, log_beta, mask, counts, chunk, act, dgd,
+                        self_generated):
+    """Output memory: reads o_t = M_{W_t}(q_t) while learning on (k_t, vhat_t). queries/keys/values (B,G,T,d),
+    eta/log_alpha (B,G,T), mask (B,T) prefix of real tokens. Returns outputs (B,G,T,d) and the new state."""
+    T = queries.shape[2]
+    lengths = mask.sum(-1)
+    (q, k, v), active = _slots((queries, keys, values), counts, lengths, chunk, 2)
+    (eta_s, la_s), _ = _slots((eta, log_alpha), counts, lengths, chunk, 2)
+    outs = []
+    for c0 in range(0, q.shape[2], chunk):
+        sl = slice(c0, c0 + chunk)
+        act_f, eta_c, la_c = _masked_chunk_inputs(active[:, sl], eta_s[..., sl], la_s[..., sl])
+        targets = memory_read(v[:, :, sl], state.W1_eval, state.W2_eval, act) if self_generated else v[:, :, sl]
+        out, state = chunk_step(state, k[:, :, sl], targets, eta_c, la_c, log_beta, act_f, active[:, c0 + chunk - 1],
+                                act, dgd, queries=q[:, :, sl])
+        outs.append(out)
+    return from_slots(torch.cat(outs, 2), counts, T, chunk, 2), state
+
+
+def chunked_projection_scan(state, inputs, adaptive, produce, log_beta, mask, counts, chunk, act, dgd,
+                            self_generated):
+    """Projection memories: inputs (B, P, H, T, d) for the boxes k, v, eta, alpha; the boxes flagged in `adaptive`
+    pass through their memory (at chunk-start weights), the others are read as they are. `produce(outputs)` maps the
+    boxes' outputs to (keys, values (B,H,T,d), eta, log_alpha (B,H,T)). The adaptive memories then learn on
+    (k_t, M(v_t)). Returns produce's four tensors for all T tokens and the new state."""
+    B, P, H, T, d = inputs.shape
+    lengths = mask.sum(-1)
+    x, active = to_slots(inputs, counts, lengths, chunk, 3)
+    sel = torch.tensor(adaptive, device=inputs.device)
+    G = int(sel.sum()) * H
+    results = []
+    for c0 in range(0, x.shape[3], chunk):
+        sl = slice(c0, c0 + chunk)
+        u = x[..., sl, :]
+        mem_in = u[:, sel].reshape(B, G, chunk, d)
+        mem_out = memory_read(mem_in, state.W1_eval, state.W2_eval, act).view(B, -1, H, chunk, d)
+        outs = u.clone()
+        outs[:, sel] = mem_out
+        keys, values, eta, log_alpha = produce(outs)
+        results.append((keys, values, eta, log_alpha))
+        act_f, eta_c, la_c = _masked_chunk_inputs(active[:, sl], eta, log_alpha)
+        k_g, v_g = _expand_groups(keys, G), _expand_groups(values, G)
+        targets = memory_read(v_g, state.W1_eval, state.W2_eval, act) if self_generated else v_g
+        _, state = chunk_step(state, k_g, targets, _expand_groups(eta_c, G), _expand_groups(la_c, G), log_beta,
+                              act_f, active[:, c0 + chunk - 1], act, dgd)
+    produced = [from_slots(torch.cat(parts, 2), counts, T, chunk, 2) for parts in zip(*results)]
+    return (*produced, state)
+
+
+def _slots(tensors, counts, lengths, chunk, dim):
+    out = [to_slots(t, counts, lengths, chunk, dim) for t in tensors]
+    return [o[0] for o in out], out[0][1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Naive references: one token at a time, the inner gradient by autograd.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _inner_gradient(W1, W2, key, target, act, dgd):
+    """u = grad_W 0.5 ||M_W(k) - vhat||^2 + dgd * (W a) a^T at W (target held constant), via autograd at W + 0."""
+    outer = torch.is_grad_enabled()
+    with torch.enable_grad():
+        d1 = torch.zeros_like(W1, requires_grad=True)
+        d2 = torch.zeros_like(W2, requires_grad=True)
+        loss = 0.5 * (memory_read(key, W1 + d1, W2 + d2, act) - target).pow(2).sum()
+        g1, g2 = torch.autograd.grad(loss, (d1, d2), create_graph=outer)
+    a1 = ACTIVATIONS[act][0](key @ W2.mT)
+    return g1 + dgd * (a1 @ W1.mT).mT @ a1, g2 + dgd * (key @ W2.mT).mT @ key
+
+
+def _naive_update(state: FastWeights, row, start, end, key, target, eta, alpha, beta, act, dgd):
+    """Apply one token's update to row `row` of the state (in a functional way). key/target (G, 1, d)."""
+    W1e, W2e, W1, W2, S1, S2 = (t[row] for t in state)
+    if start:
+        W1e, W2e = W1, W2
+    u1, u2 = _inner_gradient(W1e, W2e, key, target, act, dgd)
+    e, a = eta[:, None, None], alpha[:, None, None]
+    if beta is None:  # no momentum: W <- alpha W - eta u (S stays zero)
+        W1, W2 = a * W1 - e * u1, a * W2 - e * u2
+    else:
+        b = beta[:, None, None]
+        S1, S2 = b * S1 - e * u1, b * S2 - e * u2
+        W1, W2 = a * W1 + S1, a * W2 + S2
+    if end:  # the chunk is complete: the next one is evaluated at the new weights
+        W1e, W2e = W1, W2
+    return W1e, W2e, W1, W2, S1, S2
+
+
+def _stack_rows(rows):
+    return FastWeights(*(torch.stack(parts) for parts in zip(*rows)))
+
+
+def naive_memory_scan(state, queries, keys, values, eta, log_alpha, log_beta, mask, counts, chunk, act, dgd,
+                      self_generated):
+    """Reference for `chunked_memory_scan`: W_eval <- W at each chunk start, then per token
+    u = inner gradient at W_eval, S <- beta S - eta u, W <- alpha W + S, and read o_t = M_W(q_t)."""
+    B, G, T, d = queries.shape
+    beta = None if log_beta is None else log_beta.exp()
+    outputs, rows = [], []
+    for b in range(B):
+        row = FastWeights(*(t[b:b + 1] for t in state))
+        outs = []
+        for t in range(T):
+            if not mask[b, t]:
+                outs.append(queries[b, :, t])
+                continue
+            start = int(counts[b] + t) % chunk == 0
+            W1e, W2e = (row.W1, row.W2) if start else (row.W1_eval, row.W2_eval)
+            v = values[b, :, t:t + 1]
+            target = memory_read(v, W1e[0], W2e[0], act) if self_generated else v
+            end = int(counts[b] + t + 1) % chunk == 0
+            new = _naive_update(row, 0, start, end, keys[b, :, t:t + 1], target, eta[b, :, t], log_alpha[b, :, t].exp(),
+                                beta, act, dgd)
+            row = FastWeights(*(x[None] for x in new))
+            outs.append(memory_read(queries[b, :, t:t + 1], row.W1[0], row.W2[0], act)[:, 0])
+        outputs.append(torch.stack(outs, 1))
+        rows.append(tuple(x[0] for x in row))
+    return torch.stack(outputs), _stack_rows(rows)
+
+
+def naive_projection_scan(state, inputs, adaptive, produce, log_beta, mask, counts, chunk, act, dgd,
+                          self_generated):
+    """Reference for `chunked_projection_scan`, one token at a time."""
+    B, P, H, T, d = inputs.shape
+    sel = torch.tensor(adaptive, device=inputs.device)
+    beta = None if log_beta is None else log_beta.exp()
+    results, rows = [], []
+    for b in range(B):
+        row = FastWeights(*(t[b:b + 1] for t in state))
+        per_token = []
+        for t in range(T):
+            u = inputs[b:b + 1, :, :, t:t + 1]
+            start = int(counts[b] + t) % chunk == 0
+            W1e, W2e = (row.W1, row.W2) if start else (row.W1_eval, row.W2_eval)
+            outs = u.clone()
+            if sel.any():
+                outs[:, sel] = memory_read(u[:, sel].reshape(1, -1, 1, d), W1e, W2e, act).view(1, -1, H, 1, d)
+            keys, values, eta, log_alpha = produce(outs)
+            per_token.append((keys, values, eta, log_alpha))
+            if mask[b, t] and sel.any():
+                G = row.W1.shape[1]
+                k, v = _expand_groups(keys, G)[0], _expand_groups(values, G)[0]
+                target = memory_read(v, W1e[0], W2e[0], act) if self_generated else v
+                end = int(counts[b] + t + 1) % chunk == 0
+                new = _naive_update(row, 0, start, end, k, target, _expand_groups(eta, G)[0, :, 0],
+                                    _expand_groups(log_alpha, G)[0, :, 0].exp(), beta, act, dgd)
+                row = FastWeights(*(x[None] for x in new))
+        results.append([torch.cat(parts, 2) for parts in zip(*per_token)])
+        rows.append(tuple(x[0] for x in row))
+    produced = [torch.cat(parts, 0) for parts in zip(*results)]
+    return (*produced, _stack_rows(rows))
+
+
+MEMORY_SCANS = {"chunked": chunked_memory_scan, "naive": naive_memory_scan}
+PROJECTION_SCANS = {"chunked": chunked_projection_scan, "naive": naive_projection_scan}
