@@ -1,0 +1,509 @@
+"""HOPE: self-modifying Titans followed by a Continuum Memory System (Nested Learning, NeurIPS 2025).
+
+One block (HOPE spec section 1):  h = x + Mixer(RMSNorm(x));  h = h + MLP_l(RMSNorm_l(h)) for each CMS level l.
+All recurrent state lives in `HopeCache`; a forward without a cache uses a temporary one, so one forward, a prefill
+followed by single tokens, and any other split of a sequence compute the same thing (spec 4.1).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .cache_hope import HopeCache
+from .configuration_hope import HopeConfig
+from .continuum_memory import WEIGHT_NAMES, SwiGLU, swiglu_per_row, teach_gradients
+from .fast_weight_memory import MEMORY_SCANS, PROJECTION_SCANS, FastWeights
+
+BOXES = ("k", "v", "eta", "alpha")
+
+
+class HopeRMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in float32 (as Llama's)."""
+
+    def __init__(self, size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.variance_epsilon = eps
+
+    def forward(self, x):
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * x.to(dtype)
+
+
+def l2norm(x):
+    return F.normalize(x, dim=-1, eps=1e-6)
+
+
+def gather_rows(x, idx):
+    """x (B, L, ...) -> x[b, idx[b, j]] (B, J, ...)."""
+    return x.gather(1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:]))
+
+
+class ShortConv(nn.Module):
+    """Causal depthwise convolution over each row's real tokens, continuing from the last `size - 1` cached inputs."""
+
+    def __init__(self, channels: int, size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(channels, size))
+
+    def forward(self, x, lengths, state):
+        size = self.weight.shape[1]
+        xs = torch.cat([state.to(x.dtype), x], 1)
+        out = F.conv1d(xs.transpose(1, 2), self.weight[:, None, :], groups=x.shape[-1]).transpose(1, 2)
+        new_state = gather_rows(xs, lengths[:, None] + torch.arange(size - 1, device=x.device))
+        return out, new_state
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mixers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class HopeMemoryMixer(nn.Module):
+    """Self-modifying Titans (spec section 2), and the Titans LMM when no projection is adaptive.
+
+    q_t = l2norm(silu(conv(x W_q))); u_box = conv(x W_box) for box in k, v, eta, alpha;
+    k = l2norm(M_k(u_k)), v = M_v(u_v), eta = eta_max sigmoid(w_eta . M_eta(u_eta) + b_eta),
+    alpha = sigmoid(w_alpha . M_alpha(u_alpha) + b_alpha) (static boxes skip their memory);
+    every memory learns on ||M(k_t) - M(v_t)||^2 (or v_t for Titans); o_t = M_mem(q_t);
+    out = W_o (RMSNorm(o_t) * silu(x W_gate)).
+    """
+
+    def __init__(self, config: HopeConfig, layer_idx: int):
+        super().__init__()
+        d, H = config.hidden_size, config.num_attention_heads
+        self.config, self.layer_idx = config, layer_idx
+        self.num_heads, self.head_dim = H, d // H
+        R = config.memory_expansion * self.head_dim
+        self.adaptive = tuple(box in config.adaptive_projections for box in BOXES)
+        n_adaptive = sum(self.adaptive)
+        self.in_proj = nn.Linear(d, 5 * d, bias=False)
+        self.conv = ShortConv(5 * d, config.conv_size) if config.conv_size > 0 else None
+        self.eta_weight = nn.Parameter(torch.empty(H, self.head_dim))
+        self.eta_bias = nn.Parameter(torch.empty(H))
+        self.alpha_weight = nn.Parameter(torch.empty(H, self.head_dim))
+        self.alpha_bias = nn.Parameter(torch.empty(H))
+        self.beta_logit = nn.Parameter(torch.empty(H)) if config.use_momentum else None
+        # initial fast weights, meta-learned by the outer optimizer
+        self.mem_W1 = nn.Parameter(torch.empty(H, self.head_dim, R))
+        self.mem_W2 = nn.Parameter(torch.empty(H, R, self.head_dim))
+        if n_adaptive:
+            self.proj_W1 = nn.Parameter(torch.empty(n_adaptive * H, self.head_dim, R))
+            self.proj_W2 = nn.Parameter(torch.empty(n_adaptive * H, R, self.head_dim))
+        else:
+            self.proj_W1 = self.proj_W2 = None
+        self.o_norm = HopeRMSNorm(self.head_dim, config.rms_norm_eps)
+        self.gate_proj = nn.Linear(d, d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def init_state(self, batch_size: int) -> dict:
+        state = {}
+        if self.conv is not None:
+            state["conv"] = self.in_proj.weight.new_zeros(batch_size, self.conv.weight.shape[1] - 1, self.conv.weight.shape[0])
+        for name, W1, W2 in (("mem", self.mem_W1, self.mem_W2), ("proj", self.proj_W1, self.proj_W2)):
+            if W1 is None:
+                continue
+            W1b, W2b = W1.expand(batch_size, *W1.shape), W2.expand(batch_size, *W2.shape)
+            zeros1, zeros2 = W1.new_zeros(batch_size, *W1.shape), W2.new_zeros(batch_size, *W2.shape)
+            for field, value in zip(FastWeights._fields, (W1b, W2b, W1b, W2b, zeros1, zeros2)):
+                state[f"{name}.{field}"] = value
+        return state
+
+    def _heads(self, x):
+        B, L, _ = x.shape
+        return x.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _produce(self, outs):
+        """Outputs of the k, v, eta, alpha boxes (B, 4, H, T, d) -> keys, values, eta, log_alpha."""
+        keys, values = l2norm(outs[:, 0]), outs[:, 1]
+        eta_logit = (outs[:, 2] * self.eta_weight[:, None]).sum(-1) + self.eta_bias[:, None]
+        eta = self.config.eta_max * torch.sigmoid(eta_logit)
+        if self.config.use_weight_decay:
+            log_alpha = F.logsigmoid((outs[:, 3] * self.alpha_weight[:, None]).sum(-1) + self.alpha_bias[:, None])
+        else:
+            log_alpha = torch.zeros_like(eta)
+        return keys, values, eta, log_alpha
+
+    def forward(self, x, mask, counts, state):
+        cfg = self.config
+        lengths = mask.sum(-1)
+        new_state = {}
+        u = self.in_proj(x)
+        if self.conv is not None:
+            u, new_state["conv"] = self.conv(u, lengths, state["conv"])
+        q, *boxes = (self._heads(part) for part in u.split(x.shape[-1], -1))
+        q = l2norm(F.silu(q))
+        inputs = torch.stack(boxes, 1)  # (B, 4, H, L, d)
+        log_beta = F.logsigmoid(self.beta_logit) if self.beta_logit is not None else None
+        dgd = 1.0 if cfg.use_dgd else 0.0
+        common = dict(act=cfg.memory_activation, dgd=dgd, self_generated=cfg.self_generated_values)
+        if any(self.adaptive):
+            proj = FastWeights(*(state[f"proj.{f}"] for f in FastWeights._fields))
+            n = sum(self.adaptive)
+            *produced, proj = PROJECTION_SCANS[cfg.memory_impl](
+                proj, inputs, self.adaptive, self._produce, None if log_beta is None else log_beta.repeat(n),
+                mask, counts, cfg.projection_chunk_size, **common)
+            new_state.update({f"proj.{f}": t for f, t in zip(FastWeights._fields, proj)})
+        else:
+            produced = self._produce(inputs)
+        keys, values, eta, log_alpha = produced
+        mem = FastWeights(*(state[f"mem.{f}"] for f in FastWeights._fields))
+        o, mem = MEMORY_SCANS[cfg.memory_impl](mem, q, keys, values, eta, log_alpha, log_beta, mask, counts,
+                                               cfg.memory_chunk_size, **common)
+        new_state.update({f"mem.{f}": t for f, t in zip(FastWeights._fields, mem)})
+        o = self.o_norm(o).transpose(1, 2).reshape(x.shape)
+        return self.o_proj(o * F.silu(self.gate_proj(x))), new_state
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class HopeAttention(nn.Module):
+    """Hope-Attention: causal softmax attention with RoPE (Llama's), keys and values kept in the HopeCache."""
+
+    def __init__(self, config: HopeConfig, layer_idx: int):
+        super().__init__()
+        d, H, Hkv = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+        self.num_heads, self.num_kv_heads, self.head_dim = H, Hkv, d // H
+        self.q_proj = nn.Linear(d, H * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, Hkv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, Hkv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(H * self.head_dim, d, bias=False)
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def init_state(self, batch_size: int) -> dict:
+        w = self.k_proj.weight
+        return {"keys": w.new_zeros(batch_size, self.num_kv_heads, 0, self.head_dim),
+                "values": w.new_zeros(batch_size, self.num_kv_heads, 0, self.head_dim),
+                "key_mask": torch.zeros(batch_size, 0, dtype=torch.bool, device=w.device)}
+
+    def forward(self, x, mask, counts, state):
+        B, L, _ = x.shape
+        q = self.q_proj(x).view(B, L, -1, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, L, -1, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, L, -1, self.head_dim).transpose(1, 2)
+        positions = counts[:, None] + torch.arange(L, device=x.device)
+        freqs = positions[..., None].float() * self.inv_freq.to(x.device)
+        emb = torch.cat((freqs, freqs), -1)[:, None]
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        keys = torch.cat([state["keys"], k], 2)
+        values = torch.cat([state["values"], v], 2)
+        key_mask = torch.cat([state["key_mask"], mask], 1)
+        past = state["keys"].shape[2]
+        causal = torch.ones(L, past + L, dtype=torch.bool, device=x.device).tril(past)
+        allowed = causal[None] & key_mask[:, None, :]
+        allowed[:, :, past:] |= torch.eye(L, dtype=torch.bool, device=x.device)  # keeps pad queries finite
+        rep = self.num_heads // self.num_kv_heads
+        out = F.scaled_dot_product_attention(q, keys.repeat_interleave(rep, 1), values.repeat_interleave(rep, 1),
+                                             attn_mask=allowed[:, None])
+        out = self.o_proj(out.transpose(1, 2).reshape(B, L, -1))
+        return out, {"keys": keys, "values": values, "key_mask": key_mask}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Blocks and models
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class HopeCMSLevel(nn.Module):
+    """One pre-norm residual SwiGLU level of the Continuum Memory System."""
+
+    def __init__(self, config: HopeConfig, level: dict):
+        super().__init__()
+        self.norm = HopeRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = SwiGLU(config.hidden_size, level["intermediate_size"])
+        self.period, self.lr = level["period"], level["lr"]
+
+
+class HopeDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: HopeConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = HopeRMSNorm(config.hidden_size, config.rms_norm_eps)
+        mixer_cls = HopeAttention if config.mixer_type == "attention" else HopeMemoryMixer
+        self.mixer = mixer_cls(config, layer_idx)
+        self.cms = nn.ModuleList([HopeCMSLevel(config, level) for level in config.cms_levels])
+
+    def init_state(self, batch_size: int) -> dict:
+        state = self.mixer.init_state(batch_size)
+        for l, level in enumerate(self.cms):
+            if level.period == 0:
+                continue
+            mlp = level.mlp
+            for name, w in zip(WEIGHT_NAMES, (mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)):
+                state[f"cms{l}.{name}"] = w.expand(batch_size, *w.shape)
+                state[f"cms{l}.grad_{name}"] = w.detach().new_zeros(batch_size, *w.shape)
+            d, I = mlp.down_proj.weight.shape
+            w = mlp.down_proj.weight.detach()
+            state.update({f"cms{l}.pend_z": w.new_zeros(batch_size, d), f"cms{l}.pend_g": w.new_zeros(batch_size, I),
+                          f"cms{l}.pend_v": w.new_zeros(batch_size, I), f"cms{l}.pend_down": w.new_zeros(batch_size, d, I)})
+        return state
+
+    def forward(self, x, mask, counts, state):
+        """x (B, L, d) with real tokens first (mask (B, L)); returns the output, the new state and, for each
+        in-context level, the activations (level, z, g, v) its teach-signal gradients need."""
+        h, new_state = self.mixer(self.input_layernorm(x), mask, counts, state)
+        h = x + h
+        records = []
+        for l, level in enumerate(self.cms):
+            z = level.norm(h)
+            if level.period == 0:
+                h = h + level.mlp(z)
+            else:
+                out, g, v = swiglu_per_row(z, *(state[f"cms{l}.{name}"] for name in WEIGHT_NAMES))
+                h = h + out
+                records.append((l, z.detach(), g.detach(), v.detach()))
+        return h, {**state, **new_state}, records
+
+
+class HopePreTrainedModel(PreTrainedModel):
+    config_class = HopeConfig
+    config: HopeConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HopeDecoderLayer"]
+    _is_stateful = True
+    _supports_sdpa = True
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, HopeRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, ShortConv):
+            init.normal_(module.weight, mean=0.0, std=1.0 / math.sqrt(module.weight.shape[1]))
+        elif isinstance(module, HopeMemoryMixer):
+            for W1, W2 in ((module.mem_W1, module.mem_W2), (module.proj_W1, module.proj_W2)):
+                if W1 is not None:
+                    init.normal_(W2, mean=0.0, std=1.0 / math.sqrt(W2.shape[-1]))
+                    init.normal_(W1, mean=0.0, std=0.5 / math.sqrt(W1.shape[-1]))
+            init.normal_(module.eta_weight, mean=0.0, std=std)
+            init.normal_(module.alpha_weight, mean=0.0, std=std)
+            init.constant_(module.eta_bias, -2.0)  # eta ~ 0.12 eta_max
+            init.constant_(module.alpha_bias, 6.0)  # alpha ~ 0.9975: keep most of the memory per token
+            if module.beta_logit is not None:
+                init.constant_(module.beta_logit, 1.0)  # beta ~ 0.73
+
+
+class HopeModel(HopePreTrainedModel):
+    def __init__(self, config: HopeConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList([HopeDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = HopeRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    # -- cache --------------------------------------------------------------------------------------------------
+
+    def _prepare_cache(self, cache, batch_size: int, device) -> HopeCache:
+        if cache is None:
+            cache = HopeCache(self.config)
+        elif not isinstance(cache, HopeCache):
+            raise TypeError(f"HOPE keeps its state in a HopeCache, got a {type(cache).__name__}")
+        cache.check_compatible(self.config, batch_size)
+        if not cache.initialized:
+            for layer_state, layer in zip(cache.layers, self.layers):
+                layer_state.tensors = layer.init_state(batch_size)
+            shared = {"counts": torch.zeros(batch_size, dtype=torch.long, device=device)}
+            if self.config.in_context_levels:
+                shared["pending"] = torch.zeros(batch_size, dtype=torch.bool, device=device)
+                shared["pending_h"] = self.norm.weight.detach().new_zeros(batch_size, self.config.hidden_size)
+            cache.shared.tensors = shared
+        return cache
+
+    def _new_token_mask(self, attention_mask, batch_size: int, length: int, cache: HopeCache, device):
+        if attention_mask is None:
+            return torch.ones(batch_size, length, dtype=torch.bool, device=device)
+        if attention_mask.dim() != 2 or attention_mask.shape[0] != batch_size:
+            raise ValueError(f"attention_mask must have shape (batch, columns), got {tuple(attention_mask.shape)}")
+        width = attention_mask.shape[1]
+        if width not in (length, cache.seen_columns + length):
+            raise ValueError(f"attention_mask has {width} columns; expected {length} (the new tokens) or "
+                             f"{cache.seen_columns + length} (the cached and the new ones)")
+        return attention_mask[:, -length:].to(device).bool()
+
+    # -- forward ------------------------------------------------------------------------------------------------
+
+    def _layers(self, x, mask, cache: HopeCache):
+        counts = cache.counts
+        records = []
+        for layer, layer_state in zip(self.layers, cache.layers):
+            x, layer_state.tensors, rec = layer(x, mask, counts, layer_state.tensors)
+            records.append(rec)
+        return x, records
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, cache=None, use_cache=None,
+                teach_signal=None, past_key_values=None, **kwargs):
+        """Runs the layers over the new tokens. `teach_signal(h, targets)` returns the loss gradient at the
+        residual stream for the in-context CMS levels (HopeForCausalLM supplies it)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds")
+        if cache is None:
+            cache = past_key_values
+        if input_ids is not None:
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
+            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.vocab_size):
+                raise ValueError(f"input_ids contain token ids outside the vocabulary [0, {self.vocab_size}): "
+                                 f"min {int(input_ids.min())}, max {int(input_ids.max())}")
+            inputs_embeds = self.embed_tokens(input_ids)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        B, L, _ = inputs_embeds.shape
+        device = inputs_embeds.device
+        cache = self._prepare_cache(cache, B, device)
+        mask = self._new_token_mask(attention_mask, B, L, cache, device)
+
+        # compact: each row's real tokens first, in order; pads after them are no-ops everywhere
+        order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
+        lengths = mask.sum(1)
+        x = gather_rows(inputs_embeds, order)
+        ids = gather_rows(input_ids, order) if input_ids is not None else None
+        if self.config.in_context_levels:
+            h = self._rounds(x, lengths, ids, cache, teach_signal)
+        else:
+            compact_mask = torch.arange(L, device=device)[None] < lengths[:, None]
+            h, _ = self._layers(x, compact_mask, cache)
+            cache.shared.tensors["counts"] = cache.counts + lengths
+        cache.seen_columns += L
+        h = torch.empty_like(h).scatter(1, order[..., None].expand_as(h), h)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(h), cache=cache if use_cache else None)
+
+    def _rounds(self, x, lengths, ids, cache: HopeCache, teach_signal):
+        """In-context CMS levels step after every `period` real tokens of a row, using gradients that come from the
+        top of the network; so the tokens run through all layers in rounds that end at a level boundary."""
+        if teach_signal is None or ids is None:
+            raise ValueError("In-context CMS levels (period > 0) learn from the next-token loss: run them through "
+                             "HopeForCausalLM with input_ids")
+        B, L, _ = x.shape
+        device = x.device
+        periods = torch.tensor([self.config.cms_levels[l]["period"] for l in self.config.in_context_levels],
+                               device=device)
+        pos = torch.zeros_like(lengths)
+        out_idx, out_h = [], []
+        while bool((pos < lengths).any()):
+            counts = cache.counts
+            to_boundary = (periods[None] - counts[:, None] % periods[None]).min(1).values
+            take = torch.minimum(to_boundary, lengths - pos)
+            j = torch.arange(int(take.max()), device=device)
+            idx = (pos[:, None] + j).clamp(max=L - 1)
+            rmask = j[None] < take[:, None]
+            ids_r = ids.gather(1, idx)
+            self._learn_pending(cache, ids_r[:, 0], take > 0, teach_signal)
+            h, records = self._layers(gather_rows(x, idx), rmask, cache)
+            targets = torch.where(j[None] + 1 < take[:, None], ids_r.roll(-1, 1), -100)
+            with torch.no_grad():
+                delta = teach_signal(h.detach(), targets)
+            self._learn(cache, records, delta, take, h.detach())
+            out_idx.append(torch.where(rmask, idx, L))  # pads of the round go to a dropped extra column
+            out_h.append(h)
+            pos = pos + take
+        full = x.new_zeros(B, L + 1, x.shape[-1])
+        full = full.scatter(1, torch.cat(out_idx, 1)[..., None].expand(-1, -1, x.shape[-1]), torch.cat(out_h, 1))
+        return full[:, :L]
+
+    @torch.no_grad()
+    def _learn_pending(self, cache, first_ids, active, teach_signal):
+        """The last position of the previous round gets its target now: add its contribution (taken at the weights
+        that computed it) to the levels' accumulated gradients."""
+        shared = cache.shared.tensors
+        pending = shared["pending"] & active
+        if not bool(pending.any()):
+            return
+        delta = teach_signal(shared["pending_h"][:, None], torch.where(pending, first_ids, -100)[:, None])
+        for layer_state, layer in zip(cache.layers, self.layers):
+            st = dict(layer_state.tensors)
+            for l in self.config.in_context_levels:
+                grads = teach_gradients(st[f"cms{l}.pend_z"][:, None], st[f"cms{l}.pend_g"][:, None],
+                                        st[f"cms{l}.pend_v"][:, None], st[f"cms{l}.pend_down"], delta)
+                for name, g in zip(WEIGHT_NAMES, grads):
+                    st[f"cms{l}.grad_{name}"] = st[f"cms{l}.grad_{name}"] + g
+            layer_state.tensors = st
+        shared["pending"] = shared["pending"] & ~pending
+
+    def _learn(self, cache, records, delta, take, h):
+        """Accumulate the round's contributions, keep its last position pending, advance the counters and step the
+        levels whose period boundary was reached: theta <- theta - lr * sum_t g_t."""
+        rows = take > 0
+        last = (take - 1).clamp(min=0)
+        shared = cache.shared.tensors
+        counts = shared["counts"] + take
+        shared["counts"] = counts
+        shared["pending"] = shared["pending"] | rows
+        shared["pending_h"] = torch.where(rows[:, None], h[torch.arange(len(take)), last], shared["pending_h"])
+        for layer_state, layer, recs in zip(cache.layers, self.layers, records):
+            st = dict(layer_state.tensors)
+            for l, z, g, v in recs:
+                down = st[f"cms{l}.down"].detach()
+                grads = teach_gradients(z, g, v, down, delta)
+                at_last = torch.arange(len(take), device=take.device), last
+                for key, value in (("pend_z", z[at_last]), ("pend_g", g[at_last]), ("pend_v", v[at_last]),
+                                   ("pend_down", down)):
+                    keep = rows.view(-1, *([1] * (value.dim() - 1)))
+                    st[f"cms{l}.{key}"] = torch.where(keep, value, st[f"cms{l}.{key}"])
+                level = layer.cms[l]
+                step = (rows & (counts % level.period == 0)).view(-1, 1, 1)
+                for name, g_new in zip(WEIGHT_NAMES, grads):
+                    acc = st[f"cms{l}.grad_{name}"] + g_new
+                    st[f"cms{l}.{name}"] = torch.where(step, st[f"cms{l}.{name}"] - level.lr * acc, st[f"cms{l}.{name}"])
+                    st[f"cms{l}.grad_{name}"] = torch.where(step, torch.zeros_like(acc), acc)
+            layer_state.tensors = st
+
+
+class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: HopeConfig):
+        super().__init__(config)
+        self.model = HopeModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def _teach_signal(self, h, targets):
+        """delta_t = d CE(lm_head(norm(h_t)), target_t) / d h_t for each position (zero where target is -100)."""
+        with torch.enable_grad():
+            h = h.detach().requires_grad_(True)
+            logits = self.lm_head(self.model.norm(h)).float()
+            loss = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-100, reduction="sum")
+            (delta,) = torch.autograd.grad(loss, h)
+        return delta
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, cache=None, labels=None,
+                use_cache=None, logits_to_keep=0, past_key_values=None, **kwargs):
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                             cache=cache if cache is not None else past_key_values, use_cache=use_cache,
+                             teach_signal=self._teach_signal if self.config.in_context_levels else None)
+        hidden = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+
+
+__all__ = ["HopeForCausalLM", "HopeModel", "HopePreTrainedModel"]
