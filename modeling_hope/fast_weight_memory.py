@@ -149,6 +149,13 @@ def chunk_step(state: FastWeights, keys, targets, eta, log_alpha, log_beta, acti
     return out, FastWeights(torch.where(done, W1, state.W1_eval), torch.where(done, W2, state.W2_eval), W1, W2, S1, S2)
 
 
+def _restart_at_boundary(state: FastWeights, counts, chunk: int) -> FastWeights:
+    """Rows whose count sits on a chunk boundary evaluate their next chunk at their current weights."""
+    start = (counts % chunk == 0)[:, None, None, None]
+    return state._replace(W1_eval=torch.where(start, state.W1, state.W1_eval),
+                          W2_eval=torch.where(start, state.W2, state.W2_eval))
+
+
 def _masked_chunk_inputs(active, eta, log_alpha):
     act_f = active.to(eta.dtype)[:, None, :]
     return act_f, eta * act_f, log_alpha * act_f
@@ -165,6 +172,7 @@ def chunked_memory_scan(state, queries, keys, values, eta, log_alpha, log_beta, 
     eta/log_alpha (B,G,T), mask (B,T) prefix of real tokens. Returns outputs (B,G,T,d) and the new state."""
     T = queries.shape[2]
     lengths = mask.sum(-1)
+    state = _restart_at_boundary(state, counts, chunk)
     (q, k, v), active = _slots((queries, keys, values), counts, lengths, chunk, 2)
     (eta_s, la_s), _ = _slots((eta, log_alpha), counts, lengths, chunk, 2)
     outs = []
@@ -186,6 +194,7 @@ def chunked_projection_scan(state, inputs, adaptive, produce, log_beta, mask, co
     (k_t, M(v_t)). Returns produce's four tensors for all T tokens and the new state."""
     B, P, H, T, d = inputs.shape
     lengths = mask.sum(-1)
+    state = _restart_at_boundary(state, counts, chunk)
     x, active = to_slots(inputs, counts, lengths, chunk, 3)
     sel = torch.tensor(adaptive, device=inputs.device)
     G = int(sel.sum()) * H
@@ -258,6 +267,7 @@ def naive_memory_scan(state, queries, keys, values, eta, log_alpha, log_beta, ma
     u = inner gradient at W_eval, S <- beta S - eta u, W <- alpha W + S, and read o_t = M_W(q_t)."""
     B, G, T, d = queries.shape
     beta = None if log_beta is None else log_beta.exp()
+    state = _restart_at_boundary(state, counts, chunk)
     outputs, rows = [], []
     for b in range(B):
         row = FastWeights(*(t[b:b + 1] for t in state))
@@ -286,6 +296,7 @@ def naive_projection_scan(state, inputs, adaptive, produce, log_beta, mask, coun
     B, P, H, T, d = inputs.shape
     sel = torch.tensor(adaptive, device=inputs.device)
     beta = None if log_beta is None else log_beta.exp()
+    state = _restart_at_boundary(state, counts, chunk)
     results, rows = [], []
     for b in range(B):
         row = FastWeights(*(t[b:b + 1] for t in state))

@@ -1,0 +1,106 @@
+"""The chunked operators against their naive token-by-token references: values, final states and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_hope.continuum_memory import swiglu_per_row, teach_gradients
+from modeling_hope.fast_weight_memory import (FastWeights, chunked_memory_scan, chunked_projection_scan,
+                                              naive_memory_scan, naive_projection_scan)
+
+B, H, d, R, T = 3, 2, 4, 6, 11
+COUNTS = torch.tensor([0, 5, 2])
+LENGTHS = torch.tensor([11, 7, 0])
+
+
+def random_state(G, chunk, gen):
+    W1, W2 = torch.randn(B, G, d, R, generator=gen) * 0.4, torch.randn(B, G, R, d, generator=gen) * 0.4
+    S1, S2 = torch.randn(B, G, d, R, generator=gen) * 0.1, torch.randn(B, G, R, d, generator=gen) * 0.1
+    # rows in the middle of a chunk have evaluation weights of their own; rows at a boundary evaluate at W
+    at_boundary = (COUNTS % chunk == 0)[:, None, None, None]
+    W1e = torch.where(at_boundary, W1, W1 + 0.1 * torch.randn(W1.shape, generator=gen))
+    W2e = torch.where(at_boundary, W2, W2 + 0.1 * torch.randn(W2.shape, generator=gen))
+    return FastWeights(W1e, W2e, W1, W2, S1, S2)
+
+
+def leaves(*tensors):
+    return [t.detach().clone().double().requires_grad_(True) for t in tensors]
+
+
+def check_close(a, b, tol=1e-10):
+    assert torch.allclose(a, b, atol=tol, rtol=1e-9), float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4, 16])
+@pytest.mark.parametrize("momentum", [True, False])
+@pytest.mark.parametrize("act,dgd,self_generated", [("silu", 1.0, True), ("gelu", 0.0, False)])
+def test_memory_scan_matches_naive(chunk, momentum, act, dgd, self_generated):
+    gen = torch.Generator().manual_seed(chunk)
+    mask = torch.arange(T)[None] < LENGTHS[:, None]
+    state = leaves(*random_state(H, chunk, gen))
+    q, k, v = leaves(torch.randn(B, H, T, d, generator=gen), F.normalize(torch.randn(B, H, T, d, generator=gen), dim=-1),
+                     torch.randn(B, H, T, d, generator=gen))
+    eta, log_alpha = leaves(torch.rand(B, H, T, generator=gen) * 0.5, torch.log(0.8 + 0.2 * torch.rand(B, H, T, generator=gen)))
+    log_beta = leaves(torch.log(0.9 * torch.rand(H, generator=gen)))[0] if momentum else None
+    inputs = [*state, q, k, v, eta, log_alpha] + ([log_beta] if momentum else [])
+    results = []
+    for scan in (chunked_memory_scan, naive_memory_scan):
+        out, new = scan(FastWeights(*state), q, k, v, eta, log_alpha, log_beta, mask, COUNTS, chunk, act, dgd, self_generated)
+        weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+        loss = (out * weights * mask[:, None, :, None]).sum() + sum((t * t).sum() * 0.1 for t in new)
+        results.append((out, new, torch.autograd.grad(loss, inputs, allow_unused=True)))
+    (o1, s1, g1), (o2, s2, g2) = results
+    check_close(o1[mask[:, None].expand(B, H, T)], o2[mask[:, None].expand(B, H, T)])
+    for a, b in zip(s1, s2):
+        check_close(a, b)
+    for a, b in zip(g1, g2):
+        if a is None or b is None:
+            assert a is None and b is None or (a if a is not None else b).abs().max() == 0
+        else:
+            check_close(a, b, 1e-9)
+
+
+def produce(outs):
+    keys = F.normalize(outs[:, 0], dim=-1)
+    return keys, outs[:, 1], torch.sigmoid(outs[:, 2].sum(-1)) * 0.2, F.logsigmoid(outs[:, 3].sum(-1) + 3)
+
+
+@pytest.mark.parametrize("adaptive", [(True, True, True, True), (False, True, False, True), (True, False, False, False)])
+@pytest.mark.parametrize("chunk", [1, 3, 5])
+def test_projection_scan_matches_naive(adaptive, chunk):
+    gen = torch.Generator().manual_seed(10 + chunk)
+    mask = torch.arange(T)[None] < LENGTHS[:, None]
+    G = sum(adaptive) * H
+    state = leaves(*random_state(G, chunk, gen))
+    inputs, = leaves(0.5 * torch.randn(B, 4, H, T, d, generator=gen))
+    log_beta, = leaves(torch.log(0.9 * torch.rand(G, generator=gen)))
+    results = []
+    for scan in (chunked_projection_scan, naive_projection_scan):
+        *produced, new = scan(FastWeights(*state), inputs, adaptive, produce, log_beta, mask, COUNTS, chunk, "silu", 1.0, True)
+        loss = sum((p * mask.view(B, 1, T, *([1] * (p.dim() - 3))) * (i + 1)).sum() for i, p in enumerate(produced))
+        loss = loss + sum((t * t).sum() * 0.1 for t in new)
+        results.append((produced, new, torch.autograd.grad(loss, [*state, inputs, log_beta])))
+    (p1, s1, g1), (p2, s2, g2) = results
+    for a, b in zip(p1, p2):
+        m = mask.view(B, 1, T, *([1] * (a.dim() - 3))).expand_as(a)
+        check_close(a[m], b[m])
+    for a, b in zip(s1, s2):
+        check_close(a, b)
+    for a, b in zip(g1, g2):
+        check_close(a, b, 1e-9)
+
+
+def test_teach_gradients_match_autograd():
+    """The closed-form CMS level gradients equal autograd's gradient of sum_t <delta_t, level(z_t)>."""
+    gen = torch.Generator().manual_seed(3)
+    Bc, Tc, dc, I = 2, 5, 6, 7
+    weights = [torch.randn(Bc, I, dc, generator=gen, dtype=torch.float64, requires_grad=True),
+               torch.randn(Bc, I, dc, generator=gen, dtype=torch.float64, requires_grad=True),
+               torch.randn(Bc, dc, I, generator=gen, dtype=torch.float64, requires_grad=True)]
+    z = torch.randn(Bc, Tc, dc, generator=gen, dtype=torch.float64)
+    delta = torch.randn(Bc, Tc, dc, generator=gen, dtype=torch.float64)
+    out, g, v = swiglu_per_row(z, *weights)
+    expected = torch.autograd.grad((out * delta).sum(), weights)
+    got = teach_gradients(z, g.detach(), v.detach(), weights[2].detach(), delta)
+    for a, b in zip(got, expected):
+        check_close(a, b, 1e-12)
