@@ -75,7 +75,8 @@ class HopeConfig(PreTrainedConfig):
         if self.use_dgd is None:
             self.use_dgd = not is_titans
         if self.adaptive_projections is None:
-            self.adaptive_projections = [] if is_titans else list(ADAPTIVE_CHOICES)
+            self.adaptive_projections = [] if is_titans else [
+                box for box in ADAPTIVE_CHOICES if box != "alpha" or self.use_weight_decay]
         if self.self_generated_values is None:
             self.self_generated_values = not is_titans
         if self.cms_levels is None:
@@ -115,6 +116,8 @@ class HopeConfig(PreTrainedConfig):
         bad = [p for p in self.adaptive_projections if p not in ADAPTIVE_CHOICES]
         if bad or len(set(self.adaptive_projections)) != len(self.adaptive_projections):
             fail("adaptive_projections", f"entries must be distinct values from {ADAPTIVE_CHOICES}, got {self.adaptive_projections}")
+        if "alpha" in self.adaptive_projections and not self.use_weight_decay:
+            fail("adaptive_projections", "'alpha' (the decay memory) needs use_weight_decay=True")
         if self.mixer_type == "titans" and (self.adaptive_projections or self.self_generated_values):
             fail("adaptive_projections", "mixer_type='titans' has static projections and plain targets; "
                  "use mixer_type='self_modifying_titans' for adaptive ones")

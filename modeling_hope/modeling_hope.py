@@ -89,8 +89,11 @@ class HopeMemoryMixer(nn.Module):
         self.conv = ShortConv(5 * d, config.conv_size) if config.conv_size > 0 else None
         self.eta_weight = nn.Parameter(torch.empty(H, self.head_dim))
         self.eta_bias = nn.Parameter(torch.empty(H))
-        self.alpha_weight = nn.Parameter(torch.empty(H, self.head_dim))
-        self.alpha_bias = nn.Parameter(torch.empty(H))
+        if config.use_weight_decay:
+            self.alpha_weight = nn.Parameter(torch.empty(H, self.head_dim))
+            self.alpha_bias = nn.Parameter(torch.empty(H))
+        else:
+            self.alpha_weight = self.alpha_bias = None
         self.beta_logit = nn.Parameter(torch.empty(H)) if config.use_momentum else None
         # initial fast weights, meta-learned by the outer optimizer
         self.mem_W1 = nn.Parameter(torch.empty(H, self.head_dim, R))
@@ -293,9 +296,10 @@ class HopePreTrainedModel(PreTrainedModel):
                     init.normal_(W2, mean=0.0, std=1.0 / math.sqrt(W2.shape[-1]))
                     init.normal_(W1, mean=0.0, std=0.5 / math.sqrt(W1.shape[-1]))
             init.normal_(module.eta_weight, mean=0.0, std=std)
-            init.normal_(module.alpha_weight, mean=0.0, std=std)
             init.constant_(module.eta_bias, -2.0)  # eta ~ 0.12 eta_max
-            init.constant_(module.alpha_bias, 6.0)  # alpha ~ 0.9975: keep most of the memory per token
+            if module.alpha_weight is not None:
+                init.normal_(module.alpha_weight, mean=0.0, std=std)
+                init.constant_(module.alpha_bias, 6.0)  # alpha ~ 0.9975: keep most of the memory per token
             if module.beta_logit is not None:
                 init.constant_(module.beta_logit, 1.0)  # beta ~ 0.73
 
