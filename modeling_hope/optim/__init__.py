@@ -1,0 +1,7 @@
+"""The paper's deep optimizers ([NL-arXiv] sections 4 and 7.2) as ``torch.optim`` optimizers."""
+
+from ._common import newton_schulz, orthogonalize
+from .delta_momentum import DeltaMomentum
+from .preconditioned_momentum import PreconditionedMomentum
+
+__all__ = ["DeltaMomentum", "PreconditionedMomentum", "newton_schulz", "orthogonalize"]
