@@ -40,7 +40,8 @@ class CombinedOptimizer(Optimizer):
     def __init__(self, optimizers):
         optimizers = list(optimizers)
         if not optimizers or not all(isinstance(o, Optimizer) for o in optimizers):
-            raise ValueError(f"Invalid optimizers: {optimizers!r} (optimizers must be a non-empty list of torch optimizers)")
+            raise ValueError(f"Invalid optimizers: {optimizers!r} "
+                             "(optimizers must be a non-empty list of torch optimizers)")
         # The base constructor sets up the hook registries and rejects a parameter given to two optimizers.
         super().__init__([p for o in optimizers for g in o.param_groups for p in g["params"]], {})
         self.optimizers = optimizers

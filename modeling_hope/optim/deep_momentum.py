@@ -25,12 +25,13 @@ class DeepMomentumGD(Optimizer):
         (A, B) <- momentum * (A, B) - inner_lr * grad_{A,B} L2      (one GD step with retention alpha)
         W      <- W (1 - lr * weight_decay) - lr * m(K)             (read the updated memory at K)
 
-    With a constant key and a linear memory this is heavy-ball momentum on ``K``; here ``B`` accumulates
-    gradient rows under the learned features ``tanh(K A)`` (``B = inner_lr * sum_s momentum^(t-s) tanh(K_s A)^T K_s / r``
-    for fixed ``A``), so ``tanh(K A) B`` recalls past gradients whose features match the current ones, and
-    the identity path keeps the current (normalised) gradient. ``A`` is initialised ``N(0, 1/c)`` from a
-    generator seeded by ``seed`` and the parameter's position, ``B`` at zero. The update has RMS around 1
-    (like Adam's), so Adam-like learning rates apply. The gradients of ``L2`` are written out in closed form.
+    With a constant key and a linear memory the MLP part would be heavy-ball momentum on ``K``. Here ``B``
+    accumulates gradient rows under the learned features ``tanh(K A)`` (for fixed ``A``,
+    ``B = inner_lr * sum_s momentum^(t-s) tanh(K_s A)^T K_s / r``), so ``tanh(K A) B`` recalls past gradients
+    whose features match the current ones, and the identity path keeps the current (normalised) gradient.
+    ``A`` is initialised ``N(0, 1/c)`` from a generator seeded by ``seed`` and the parameter's position, ``B``
+    at zero. The update's RMS is of order 1 (like Adam's), so Adam-like learning rates apply. The gradients
+    of ``L2`` are written out in closed form.
 
     1-D (and 0-D) parameters are one key: a ``1 x n`` matrix (``A`` is ``n x hidden``); N-D use ``(shape[0], -1)``.
     State per parameter: ``mlp_in`` (A), ``mlp_out`` (B), ``step``.
