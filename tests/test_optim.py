@@ -285,6 +285,14 @@ def test_build_routes_hidden_matrices_and_the_rest_to_adamw():
     assert [g["weight_decay"] for g in adamw.param_groups] == [0.1, 0.0]
     assert muon.param_groups[0]["adjust_lr_fn"] == "match_rms_adamw"
     assert len(opt.param_groups) == 3 and opt.param_groups[0] is muon.param_groups[0]
+    # Only nn.Linear weights are hidden matrices: 2-D kernels/gate vectors (as in HOPE) and N-D states are not.
+    block = nn.Module()
+    block.proj, block.norm = nn.Linear(6, 6), nn.LayerNorm(6)
+    block.conv_kernel, block.gate = nn.Parameter(torch.zeros(6, 4)), nn.Parameter(torch.zeros(2, 3))
+    block.memory_init = nn.Parameter(torch.zeros(2, 3, 3))
+    inner, adamw = build_optimizer(block, "m3", 1e-3).optimizers
+    assert inner.param_groups[0]["params"] == [block.proj.weight]
+    assert [len(g["params"]) for g in adamw.param_groups] == [3, 3]  # kernel, gate, memory_init | 3 vectors
     plain = build_optimizer(model, "adamw", 1e-3)
     assert type(plain) is torch.optim.AdamW
     assert sum(len(g["params"]) for g in plain.param_groups) == len(list(model.parameters()))

@@ -21,12 +21,18 @@ MATRIX_OPTIMIZERS = {
     "preconditioned_momentum": PreconditionedMomentum,
 }
 OPTIMIZER_NAMES = ("adamw", *MATRIX_OPTIMIZERS)
-# Parameter names that always go to AdamW even when 2-D (input/output embeddings).
+# Parameter names that always go to AdamW even when they are nn.Linear weights (input/output embeddings).
 ADAMW_NAME_PARTS = ("embed", "lm_head", "wte", "wpe")
 
 
 def _split_parameters(model: nn.Module):
-    """(hidden 2-D matrices, AdamW params with decay, AdamW params without decay), each a list of (name, p)."""
+    """(hidden matrices, AdamW params with decay, AdamW params without decay), each a list of (name, p).
+
+    Hidden matrices are the weights of ``nn.Linear`` layers other than the embeddings and the LM head: maps
+    between hidden spaces, what orthogonalisation is meant for. Other 2-D parameters (e.g. HOPE's depthwise
+    convolution kernels stored as ``(channels, width)`` and its per-head gate vectors) go to AdamW.
+    """
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     if hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None:
         embeddings.add(id(model.get_output_embeddings().weight))
@@ -36,10 +42,10 @@ def _split_parameters(model: nn.Module):
             continue
         if p.ndim < 2:
             no_decay.append((name, p))  # norms, biases, scalars
-        elif p.ndim == 2 and id(p) not in embeddings and not any(s in name for s in ADAMW_NAME_PARTS):
+        elif id(p) in linear and id(p) not in embeddings and not any(s in name for s in ADAMW_NAME_PARTS):
             matrices.append((name, p))
         else:
-            decay.append((name, p))  # embeddings, LM head, N-D (e.g. convolution) kernels
+            decay.append((name, p))  # embeddings, LM head, other 2-D and N-D parameters
     return matrices, decay, no_decay
 
 
@@ -49,10 +55,11 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float 
 
     ``adamw``: one ``torch.optim.AdamW`` (2-D+ parameters with ``weight_decay``, 1-D without; ``**kw`` go
     to AdamW and ``adamw_lr`` is not used).
-    Any other name: the hidden layers' 2-D weight matrices go to that optimizer (with ``lr``,
-    ``weight_decay`` and ``**kw``, e.g. ``f=4`` for M3 or ``momentum=0.95`` for Muon); embeddings, the LM
-    head (``embed_tokens``, ``lm_head``, any ``nn.Embedding``, the output embeddings), N-D kernels, norms and
-    biases go to AdamW with ``betas`` and ``adamw_lr`` (default ``lr``), 1-D ones without weight decay.
+    Any other name: the hidden layers' weight matrices (``nn.Linear`` weights) go to that optimizer (with
+    ``lr``, ``weight_decay`` and ``**kw``, e.g. ``f=4`` for M3 or ``momentum=0.95`` for Muon); embeddings and
+    the LM head (``embed_tokens``, ``lm_head``, any ``nn.Embedding``, the output embeddings), other 2-D and
+    N-D parameters, norms and biases go to AdamW with ``betas`` and ``adamw_lr`` (default ``lr``), 1-D ones
+    without weight decay.
     The result is then one ``CombinedOptimizer`` (accepted by ``LambdaLR`` and ``Accelerator.prepare``).
     Muon defaults to ``adjust_lr_fn="match_rms_adamw"`` so that it can share AdamW's learning rate.
     Invalid names or hyper-parameters raise ``ValueError`` naming the argument.
