@@ -40,13 +40,16 @@ def random_configs(n: int, seed: int = 0):
             levels.append({"intermediate_size": 8, "period": rng.choice([2, 3, 5]), "lr": rng.choice([0.1, 0.5])})
         if i % 4 == 3:
             levels.insert(0, {"intermediate_size": 8, "period": rng.choice([4, 7]), "lr": 0.2})
+        decay = rng.random() < 0.7
         adaptive = rng.sample(["k", "v", "eta", "alpha"], rng.randint(0, 4)) if mixer == "self_modifying_titans" else None
+        if adaptive is not None and not decay:
+            adaptive = [box for box in adaptive if box != "alpha"]
         configs.append(tiny_config(
             mixer_type=mixer, cms_levels=levels, memory_chunk_size=rng.choice([1, 3, 4, 5]),
             projection_chunk_size=rng.choice([1, 2, 3, 6]), memory_expansion=rng.choice([1, 2]),
             num_attention_heads=rng.choice([1, 2, 4]), num_key_value_heads=None,
             memory_activation=rng.choice(["silu", "gelu"]), conv_size=rng.choice([0, 2, 4]),
-            adaptive_projections=adaptive, use_momentum=rng.random() < 0.7, use_weight_decay=rng.random() < 0.7))
+            adaptive_projections=adaptive, use_momentum=rng.random() < 0.7, use_weight_decay=decay))
     return configs
 
 
