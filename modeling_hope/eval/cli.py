@@ -19,8 +19,6 @@ options), 1 when an evaluation fails while running.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path

