@@ -600,9 +600,11 @@ def write_task_files(data: dict, out_dir) -> PreparedData:
     prepared = PreparedData(root, tasks_dir)
     for task, d in data.items():
         data_file = root / "data" / f"{task}.jsonl"
-        with open(data_file, "w", encoding="utf-8") as f:
-            for row in d.rows:
-                f.write(json.dumps({k: row[k] for k in HUB_FIELDS[task]}, ensure_ascii=False) + "\n")
+        text = "".join(json.dumps({k: row[k] for k in HUB_FIELDS[task]}, ensure_ascii=False) + "\n"
+                       for row in d.rows).encode("utf-8")
+        # rewrite only on change: datasets keys its cache on the file's mtime, so an unchanged file is reused
+        if not data_file.is_file() or data_file.read_bytes() != text:
+            data_file.write_bytes(text)
         yaml_file = tasks_dir / f"{task}.yaml"
         yaml_file.write_text(yaml.safe_dump(task_yaml(task, data_file), sort_keys=False), encoding="utf-8")
         official = OFFICIAL_SIZES[task]

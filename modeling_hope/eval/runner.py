@@ -98,7 +98,9 @@ def default_max_length(config) -> int:
 
 def build_lm(model, tokenizer=None, *, batch_size: int = 8, max_length: int | None = None, device: str | None = None,
              dtype: str = "auto", trust_remote_code: bool = False, revision: str | None = None):
-    """An lm-eval `HFLM` for an in-memory model (+ tokenizer) or a folder / Hub name."""
+    """An lm-eval `HFLM` for an in-memory model (+ tokenizer) or a folder / Hub name. The backend is fixed
+    to "causal": lm-eval only recognises the model types in transformers' own causal-LM mapping and warns
+    (then guesses) for a registered or remote-code model such as HOPE."""
     from lm_eval.models.huggingface import HFLM
 
     if isinstance(model, (str, os.PathLike)):
@@ -107,7 +109,7 @@ def build_lm(model, tokenizer=None, *, batch_size: int = 8, max_length: int | No
         max_length = max_length or default_max_length(config)
         device = device or default_device()
         kwargs = dict(pretrained=os.path.expanduser(name) if os.path.exists(os.path.expanduser(name)) else name,
-                      batch_size=batch_size, max_length=max_length, device=device, dtype=dtype,
+                      backend="causal", batch_size=batch_size, max_length=max_length, device=device, dtype=dtype,
                       trust_remote_code=trust_remote_code)
         if revision:
             kwargs["revision"] = revision
@@ -120,7 +122,7 @@ def build_lm(model, tokenizer=None, *, batch_size: int = 8, max_length: int | No
     if tokenizer is None:
         raise ValueError("an in-memory model needs its tokenizer")
     max_length = max_length or default_max_length(model.config)
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    return HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size, max_length=max_length)
 
 
 def default_device() -> str:
