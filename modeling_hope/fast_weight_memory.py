@@ -3,7 +3,8 @@
 A memory is a residual two-layer MLP with fast weights, `M(u) = u + W1 act(W2 u)`, that learns in context on
 `l_t(W) = 0.5 ||M(k_t) - vhat_t||^2` with delta gradient descent, momentum and decay:
 
-    u_t = grad_W l_t(W_s) + dgd * (W_s a_t) a_t^T          (W_s: the weights at the start of t's chunk)
+    u_t = grad_W l_t(W_s) + dgd * (W_s a_t) a_t^T          (W_s: the weights at the start of t's chunk;
+                                                             each u_t scaled to unit curvature, see step_scale_*)
     S_t = beta S_{t-1} - eta_t u_t
     W_t = alpha_t W_{t-1} + S_t
 
@@ -57,10 +58,23 @@ def inner_update_factors(keys, targets, W1, W2, act: str, dgd: float):
     (W2 k) k^T. Returns (a1, b1, a2, b2)."""
     fn, grad = ACTIVATIONS[act]
     z = keys @ W2.mT
-    h = fn(z)
+    h, dh = fn(z), grad(z)
     w1h = h @ W1.mT
     err = keys + w1h - targets
-    return h, err + dgd * w1h, keys, (err @ W1) * grad(z) + dgd * z
+    b1 = (err + dgd * w1h) * step_scale_w1(h)
+    b2 = ((err @ W1) * dh + dgd * z) * step_scale_w2(dh, W1)
+    return h, b1, keys, b2
+
+
+def step_scale_w1(h):
+    """Normalised steps (as in normalised LMS): W1's update has curvature ~ ||h||^2 with h = act(W2 k), so its step
+    is scaled by 1 / (1 + ||h||^2); this keeps eta in (0, 1] stable whatever the size of h."""
+    return 1.0 / (1.0 + (h * h).sum(-1, keepdim=True))
+
+
+def step_scale_w2(dh, W1):
+    """W2's gradient part has curvature <= ||W1 diag(act'(z))||^2 <= sum_j act'(z_j)^2 ||W1[:, j]||^2 (k is unit)."""
+    return 1.0 / (1.0 + (dh * dh * (W1 * W1).sum(-2)[..., None, :]).sum(-1, keepdim=True))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -167,14 +181,14 @@ def _expand_groups(x, groups: int):
 
 
 def chunked_memory_scan(state, queries, keys, values, eta, log_alpha, log_beta, mask, counts, chunk, act, dgd,
-                        self_generated):
+                        self_generated, lr_scale=1.0):
     """Output memory: reads o_t = M_{W_t}(q_t) while learning on (k_t, vhat_t). queries/keys/values (B,G,T,d),
     eta/log_alpha (B,G,T), mask (B,T) prefix of real tokens. Returns outputs (B,G,T,d) and the new state."""
     T = queries.shape[2]
     lengths = mask.sum(-1)
     state = _restart_at_boundary(state, counts, chunk)
     (q, k, v), active = _slots((queries, keys, values), counts, lengths, chunk, 2)
-    (eta_s, la_s), _ = _slots((eta, log_alpha), counts, lengths, chunk, 2)
+    (eta_s, la_s), _ = _slots((eta * lr_scale, log_alpha), counts, lengths, chunk, 2)
     outs = []
     for c0 in range(0, q.shape[2], chunk):
         sl = slice(c0, c0 + chunk)
@@ -187,7 +201,7 @@ def chunked_memory_scan(state, queries, keys, values, eta, log_alpha, log_beta, 
 
 
 def chunked_projection_scan(state, inputs, adaptive, produce, log_beta, mask, counts, chunk, act, dgd,
-                            self_generated):
+                            self_generated, lr_scale=1.0):
     """Projection memories: inputs (B, P, H, T, d) for the boxes k, v, eta, alpha; the boxes flagged in `adaptive`
     pass through their memory (at chunk-start weights), the others are read as they are. `produce(outputs)` maps the
     boxes' outputs to (keys, values (B,H,T,d), eta, log_alpha (B,H,T)). The adaptive memories then learn on
@@ -208,7 +222,7 @@ def chunked_projection_scan(state, inputs, adaptive, produce, log_beta, mask, co
         outs[:, sel] = mem_out
         keys, values, eta, log_alpha = produce(outs)
         results.append((keys, values, eta, log_alpha))
-        act_f, eta_c, la_c = _masked_chunk_inputs(active[:, sl], eta, log_alpha)
+        act_f, eta_c, la_c = _masked_chunk_inputs(active[:, sl], eta * lr_scale, log_alpha)
         k_g, v_g = _expand_groups(keys, G), _expand_groups(values, G)
         targets = memory_read(v_g, state.W1_eval, state.W2_eval, act) if self_generated else v_g
         _, state = chunk_step(state, k_g, targets, _expand_groups(eta_c, G), _expand_groups(la_c, G), log_beta,
@@ -235,8 +249,11 @@ def _inner_gradient(W1, W2, key, target, act, dgd):
         d2 = torch.zeros_like(W2, requires_grad=True)
         loss = 0.5 * (memory_read(key, W1 + d1, W2 + d2, act) - target).pow(2).sum()
         g1, g2 = torch.autograd.grad(loss, (d1, d2), create_graph=outer)
-    a1 = ACTIVATIONS[act][0](key @ W2.mT)
-    return g1 + dgd * (a1 @ W1.mT).mT @ a1, g2 + dgd * (key @ W2.mT).mT @ key
+    fn, grad = ACTIVATIONS[act]
+    a1, dh = fn(key @ W2.mT), grad(key @ W2.mT)
+    u1 = (g1 + dgd * (a1 @ W1.mT).mT @ a1) * step_scale_w1(a1)
+    u2 = (g2 + dgd * (key @ W2.mT).mT @ key) * step_scale_w2(dh, W1)
+    return u1, u2
 
 
 def _naive_update(state: FastWeights, row, start, end, key, target, eta, alpha, beta, act, dgd):
@@ -262,7 +279,7 @@ def _stack_rows(rows):
 
 
 def naive_memory_scan(state, queries, keys, values, eta, log_alpha, log_beta, mask, counts, chunk, act, dgd,
-                      self_generated):
+                      self_generated, lr_scale=1.0):
     """Reference for `chunked_memory_scan`: W_eval <- W at each chunk start, then per token
     u = inner gradient at W_eval, S <- beta S - eta u, W <- alpha W + S, and read o_t = M_W(q_t)."""
     B, G, T, d = queries.shape
@@ -281,7 +298,7 @@ def naive_memory_scan(state, queries, keys, values, eta, log_alpha, log_beta, ma
             v = values[b, :, t:t + 1]
             target = memory_read(v, W1e[0], W2e[0], act) if self_generated else v
             end = int(counts[b] + t + 1) % chunk == 0
-            new = _naive_update(row, 0, start, end, keys[b, :, t:t + 1], target, eta[b, :, t], log_alpha[b, :, t].exp(),
+            new = _naive_update(row, 0, start, end, keys[b, :, t:t + 1], target, eta[b, :, t] * lr_scale, log_alpha[b, :, t].exp(),
                                 beta, act, dgd)
             row = FastWeights(*(x[None] for x in new))
             outs.append(memory_read(queries[b, :, t:t + 1], row.W1[0], row.W2[0], act)[:, 0])
@@ -291,7 +308,7 @@ def naive_memory_scan(state, queries, keys, values, eta, log_alpha, log_beta, ma
 
 
 def naive_projection_scan(state, inputs, adaptive, produce, log_beta, mask, counts, chunk, act, dgd,
-                          self_generated):
+                          self_generated, lr_scale=1.0):
     """Reference for `chunked_projection_scan`, one token at a time."""
     B, P, H, T, d = inputs.shape
     sel = torch.tensor(adaptive, device=inputs.device)
@@ -315,7 +332,7 @@ def naive_projection_scan(state, inputs, adaptive, produce, log_beta, mask, coun
                 k, v = _expand_groups(keys, G)[0], _expand_groups(values, G)[0]
                 target = memory_read(v, W1e[0], W2e[0], act) if self_generated else v
                 end = int(counts[b] + t + 1) % chunk == 0
-                new = _naive_update(row, 0, start, end, k, target, _expand_groups(eta, G)[0, :, 0],
+                new = _naive_update(row, 0, start, end, k, target, _expand_groups(eta, G)[0, :, 0] * lr_scale,
                                     _expand_groups(log_alpha, G)[0, :, 0].exp(), beta, act, dgd)
                 row = FastWeights(*(x[None] for x in new))
         results.append([torch.cat(parts, 2) for parts in zip(*per_token)])

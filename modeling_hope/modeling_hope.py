@@ -73,7 +73,8 @@ class HopeMemoryMixer(nn.Module):
     q_t = l2norm(silu(conv(x W_q))); u_box = conv(x W_box) for box in k, v, eta, alpha;
     k = l2norm(M_k(u_k)), v = M_v(u_v), eta = eta_max sigmoid(w_eta . M_eta(u_eta) + b_eta),
     alpha = sigmoid(w_alpha . M_alpha(u_alpha) + b_alpha) (static boxes skip their memory);
-    every memory learns on ||M(k_t) - M(v_t)||^2 (or v_t for Titans); o_t = M_mem(q_t);
+    every memory learns on ||M(k_t) - M(v_t)||^2 (or v_t for Titans) at the rate eta_t / C (C its chunk size: a
+    chunk's updates are all taken at its start weights and add up); o_t = M_mem(q_t);
     out = W_o (RMSNorm(o_t) * silu(x W_gate)).
     """
 
@@ -153,14 +154,14 @@ class HopeMemoryMixer(nn.Module):
             n = sum(self.adaptive)
             *produced, proj = PROJECTION_SCANS[cfg.memory_impl](
                 proj, inputs, self.adaptive, self._produce, None if log_beta is None else log_beta.repeat(n),
-                mask, counts, cfg.projection_chunk_size, **common)
+                mask, counts, cfg.projection_chunk_size, lr_scale=1.0 / cfg.projection_chunk_size, **common)
             new_state.update({f"proj.{f}": t for f, t in zip(FastWeights._fields, proj)})
         else:
             produced = self._produce(inputs)
         keys, values, eta, log_alpha = produced
         mem = FastWeights(*(state[f"mem.{f}"] for f in FastWeights._fields))
         o, mem = MEMORY_SCANS[cfg.memory_impl](mem, q, keys, values, eta, log_alpha, log_beta, mask, counts,
-                                               cfg.memory_chunk_size, **common)
+                                               cfg.memory_chunk_size, lr_scale=1.0 / cfg.memory_chunk_size, **common)
         new_state.update({f"mem.{f}": t for f, t in zip(FastWeights._fields, mem)})
         o = self.o_norm(o).transpose(1, 2).reshape(x.shape)
         return self.o_proj(o * F.silu(self.gate_proj(x))), new_state

@@ -1,6 +1,5 @@
 """Tests of modeling_hope.eval: the paper's suite through lm-eval, offline data, batching, bad input, long
-context. Everything runs offline against a tiny random LlamaForCausalLM (a stand-in with the same
-transformers conventions as HopeForCausalLM) and a byte-level BPE trained here."""
+context. Everything runs offline against a tiny random HopeForCausalLM and a byte-level BPE trained here."""
 
 import os
 import tempfile
@@ -126,22 +125,27 @@ def make_tokenizer(path: Path):
 
 
 def make_model(tokenizer, seed=0, biased_tokens=None):
-    """A tiny random Llama (hidden 32, 2 layers). With `biased_tokens`, the model ignores its input and puts
-    all its probability on those tokens: constant embeddings, zeroed attention and MLP outputs, and an lm_head
-    that only reads for them (logit 32 against 0)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A tiny random HOPE (hidden 32, 2 layers, a static and an in-context CMS level). With `biased_tokens`, the
+    model ignores its input and puts all its probability on those tokens: constant embeddings, zeroed mixer and
+    CMS outputs (static levels only), and an lm_head that only reads for them (logit 32 against 0)."""
+    from modeling_hope import HopeConfig, HopeForCausalLM
 
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_LENGTH,
-                      bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
+    levels = [{"intermediate_size": 64}]
+    if not biased_tokens:
+        levels.append({"intermediate_size": 32, "period": 16, "lr": 0.01})
+    cfg = HopeConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     memory_chunk_size=8, projection_chunk_size=8, cms_levels=levels,
+                     max_position_embeddings=MAX_LENGTH, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+                     tie_word_embeddings=False)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg).eval()
+    model = HopeForCausalLM(cfg).eval()
     if biased_tokens:
         with torch.no_grad():
             model.model.embed_tokens.weight.fill_(1.0)
             for layer in model.model.layers:
-                layer.self_attn.o_proj.weight.zero_()
-                layer.mlp.down_proj.weight.zero_()
+                layer.mixer.o_proj.weight.zero_()
+                for level in layer.cms:
+                    level.mlp.down_proj.weight.zero_()
             model.model.norm.weight.fill_(1.0)
             model.lm_head.weight.zero_()
             for t in biased_tokens:
@@ -161,7 +165,7 @@ def tokenizer(work):
 
 @pytest.fixture(scope="module")
 def model_dir(work, tokenizer):
-    path = work / "tiny-llama"
+    path = work / "tiny-hope"
     make_model(tokenizer).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

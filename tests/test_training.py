@@ -82,3 +82,18 @@ def test_naive_and_chunked_models_agree():
     assert torch.allclose(outs[0][0], outs[1][0], atol=1e-10)
     for name, g in outs[0][1].items():
         assert torch.allclose(g, outs[1][1][name], atol=1e-9), name
+
+
+@pytest.mark.parametrize("eta_bias", [-2.0, 10.0])
+def test_memories_stay_finite_on_a_repeated_token(eta_bias):
+    """The worst case for chunked updates: every key of a chunk is the same. Normalised steps and the eta / C rate
+    keep the memories bounded even at the largest inner learning rate."""
+    config = tiny_config(hidden_size=32, memory_chunk_size=16, projection_chunk_size=8)
+    model = build(config, seed=0)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mixer.eta_bias.fill_(eta_bias)
+        out = model(torch.full((1, 1024), 5), use_cache=True)
+    assert torch.isfinite(out.logits).all()
+    weights = [t for layer in out.cache.layers for name, t in layer.tensors.items() if name.endswith(("W1", "W2"))]
+    assert max(float(w.abs().max()) for w in weights) < 1e4
