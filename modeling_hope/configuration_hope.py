@@ -64,7 +64,7 @@ class HopeConfig(PreTrainedConfig):
     use_weight_decay: bool = True
     adaptive_projections: list | None = None
     self_generated_values: bool | None = None
-    eta_max: float = 1.0
+    eta_max: float = 0.5
     cms_levels: list | None = None
     memory_impl: str = "chunked"
 

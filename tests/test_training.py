@@ -86,8 +86,9 @@ def test_naive_and_chunked_models_agree():
 
 @pytest.mark.parametrize("eta_bias", [-2.0, 10.0])
 def test_memories_stay_finite_on_a_repeated_token(eta_bias):
-    """The worst case for chunked updates: every key of a chunk is the same. Normalised steps and the eta / C rate
-    keep the memories bounded even at the largest inner learning rate."""
+    """The worst case for chunked updates: every key of a chunk is the same. Normalised steps, the eta / C rate and
+    eta_max = 0.5 keep the memories bounded even at the largest inner learning rate (at eta_max = 1 the output
+    memory's self-generated target ran away on this input)."""
     config = tiny_config(hidden_size=32, memory_chunk_size=16, projection_chunk_size=8)
     model = build(config, seed=0)
     with torch.no_grad():
@@ -96,4 +97,4 @@ def test_memories_stay_finite_on_a_repeated_token(eta_bias):
         out = model(torch.full((1, 1024), 5), use_cache=True)
     assert torch.isfinite(out.logits).all()
     weights = [t for layer in out.cache.layers for name, t in layer.tensors.items() if name.endswith(("W1", "W2"))]
-    assert max(float(w.abs().max()) for w in weights) < 1e4
+    assert max(float(w.abs().max()) for w in weights) < 10
