@@ -52,14 +52,21 @@ def memory_read(u, W1, W2, act: str):
     return u + ACTIVATIONS[act][0](u @ W2.mT) @ W1.mT
 
 
-def inner_update_factors(keys, targets, W1, W2, act: str, dgd: float):
+def inner_update_factors(keys, targets, W1, W2, act: str, dgd: float, values=None):
     """The inner updates are rank one: u1_t = b1_t a1_t^T (for W1), u2_t = b2_t a2_t^T (for W2). With z = W2 k,
     h = act(z), e = M(k) - vhat: grad W1 = e h^T and grad W2 = ((W1^T e) * act'(z)) k^T; DGD adds (W1 h) h^T and
-    (W2 k) k^T. Returns (a1, b1, a2, b2)."""
+    (W2 k) k^T. Returns (a1, b1, a2, b2). With `values` instead of `targets`, the self-generated targets
+    vhat = M(v) are computed in the same products as M(k)."""
     fn, grad = ACTIVATIONS[act]
-    z = keys @ W2.mT
-    h, dh = fn(z), grad(z)
+    C = keys.shape[-2]
+    x = keys if values is None else torch.cat(torch.broadcast_tensors(keys, values), -2)
+    z = x @ W2.mT
+    h = fn(z)
     w1h = h @ W1.mT
+    if values is not None:
+        targets = values + w1h[..., C:, :]
+        z, h, w1h = z[..., :C, :], h[..., :C, :], w1h[..., :C, :]
+    dh = grad(z)
     err = keys + w1h - targets
     b1 = (err + dgd * w1h) * step_scale_w1(h)
     b2 = ((err @ W1) * dh + dgd * z) * step_scale_w2(dh, W1)
@@ -158,14 +165,20 @@ def end_state(state: FastWeights, factors, coefficients, complete) -> FastWeight
     A, c, G, beta_end, s_end = coefficients
     g = G[..., -1, :, None]
     A_end, c_end = A[..., -1, None, None], c[..., -1, None, None]
-    W1 = A_end * state.W1 + c_end * state.S1 - (b1 * g).mT @ a1
-    W2 = A_end * state.W2 + c_end * state.S2 - (b2 * g).mT @ a2
     if s_end is None:
+        W1 = A_end * state.W1 + c_end * state.S1 - (b1 * g).mT @ a1
+        W2 = A_end * state.W2 + c_end * state.S2 - (b2 * g).mT @ a2
         S1, S2 = state.S1, state.S2
-    else:
-        s = s_end[..., None]
-        S1 = beta_end * state.S1 - (b1 * s).mT @ a1
-        S2 = beta_end * state.S2 - (b2 * s).mT @ a2
+    else:  # W and S take the same rank-one terms with other weights: one product each for both
+        gs = torch.cat(torch.broadcast_tensors(g, s_end[..., None]), -1)  # (..., C, 2)
+        d1, d2 = b1.shape[-1], a2.shape[-1]
+        u1 = (b1[..., None] * gs[..., None, :]).flatten(-2).mT @ a1  # (..., d*2, R) interleaved (g, s)
+        u2 = (b2[..., None] * gs[..., None, :]).flatten(-2).mT @ a2
+        u1, u2 = u1.unflatten(-2, (d1, 2)), u2.unflatten(-2, (b2.shape[-1], 2))
+        W1 = A_end * state.W1 + c_end * state.S1 - u1[..., 0, :]
+        W2 = A_end * state.W2 + c_end * state.S2 - u2[..., 0, :]
+        S1 = beta_end * state.S1 - u1[..., 1, :]
+        S2 = beta_end * state.S2 - u2[..., 1, :]
     done = _rows(complete, W1)
     return FastWeights(torch.where(done, W1, state.W1_eval), torch.where(done, W2, state.W2_eval), W1, W2, S1, S2)
 
@@ -272,8 +285,8 @@ def chunked_fused_scan(state, queries, inputs, adaptive, produce, log_beta, mask
         keys, values, eta, log_alpha = produce(produced)
         act_f, eta_c, la_c = _masked_chunk_inputs(active[:, sl], eta * lr_scale, log_alpha)
         values = values[:, None]
-        targets = memory_read(values, state.W1_eval, state.W2_eval, act) if self_generated else values
-        factors = inner_update_factors(keys[:, None], targets, state.W1_eval, state.W2_eval, act, dgd)
+        factors = inner_update_factors(keys[:, None], None if self_generated else values, state.W1_eval,
+                                       state.W2_eval, act, dgd, values=values if self_generated else None)
         coefficients = [t if t is None else t[:, None] for t in chunk_coefficients(eta_c, la_c, log_beta, act_f)]
         mem = FastWeights(*(t[:, -1] for t in state))
         outs.append(dual_read(mem, q[:, 0, :, sl], [f[:, -1] for f in factors], [t[:, 0] for t in coefficients[:3]],
