@@ -64,6 +64,7 @@ class BlockBatches:
                              f"process(es)); use more data, a shorter --seq-len or a smaller --batch-size")
         self.per_epoch = n // self.global_batch
         self._epoch, self._perm = None, None
+        self.seen = None  # set to a list to record the block indices of every micro-batch (tests)
 
     def indices(self, k: int) -> torch.Tensor:
         epoch, j = divmod(k, self.per_epoch)
@@ -76,7 +77,10 @@ class BlockBatches:
     def iterate(self, start: int = 0):
         k = start
         while True:
-            yield self.blocks[self.indices(k)].long()
+            rows = self.indices(k)
+            if self.seen is not None:
+                self.seen.append(rows.tolist())
+            yield self.blocks[rows].long()
             k += 1
 
     def describe(self) -> dict:

@@ -6,7 +6,7 @@ SIGTERM after saving a checkpoint."""
 import json
 import sys
 
-from .errors import EXIT_BAD_INPUT, TrainError
+from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, TrainError
 
 
 def main(argv=None) -> int:
@@ -27,8 +27,12 @@ def main(argv=None) -> int:
     except TrainError as err:
         print(f"hope train: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # before the loop (data, tokenizer) or a second Ctrl-C: no new checkpoint
+        print("hope train: interrupted (the last complete checkpoint, if any, is intact)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     summary.pop("evals", None)
-    print(json.dumps(summary), flush=True)
+    if summary.pop("process_index", 0) == 0:
+        print(json.dumps(summary), flush=True)
     return summary["exit_code"]
 
 

@@ -87,7 +87,7 @@ def evaluate(run: Run, step: int, bar) -> dict:
     if len(out) > 1:
         run.metrics.log(out)
         acc.log({k.replace("val_", "val/"): v for k, v in out.items() if k != "step"}, step=step)
-        if "val_loss" in out:
+        if "val_loss" in out and acc.is_main_process:
             bar.write(f"[hope train] step {step}: val loss {out['val_loss']:.4f}, ppl {out['val_ppl']:.2f}")
         if acc.is_main_process:
             plot_loss_curve(run.metrics.path, run.output_dir / "loss_curve.png", run.output_dir.name)
@@ -112,6 +112,8 @@ def finish(run: Run, step: int, stopped: str | None, evals: list, seconds: float
         model_dir = export_model(acc, run.model, run.tokenizer, run.output_dir / "model", cfg.seq_len)
     if acc.is_main_process:
         plot_loss_curve(run.metrics.path, run.output_dir / "loss_curve.png", run.output_dir.name)
+    if cfg.record_ranks:
+        record_rank(run)
     acc.end_training()
     last = next((e for e in reversed(evals) if "val_loss" in e), {})
     first = next((e for e in evals if "val_loss" in e and e["step"] == 0), {})
@@ -119,10 +121,25 @@ def finish(run: Run, step: int, stopped: str | None, evals: list, seconds: float
                "model_dir": None if model_dir is None else str(model_dir), "train_seconds": seconds,
                "val_loss_start": first.get("val_loss"), "val_ppl_start": first.get("val_ppl"),
                "val_loss": last.get("val_loss"), "val_ppl": last.get("val_ppl"), "evals": evals,
-               "exit_code": EXIT_INTERRUPTED if stopped == "signal" else 0}
+               "exit_code": EXIT_INTERRUPTED if stopped == "signal" else 0, "process_index": acc.process_index}
     if stopped == "signal":
         acc.print(f"[hope train] interrupted: checkpoint saved at step {step} in {run.output_dir / 'checkpoints'}; "
                   f"continue with --resume")
     if summary["val_ppl"] is not None and not math.isnan(summary["val_ppl"]):
-        acc.print(f"[hope train] step {step}: validation perplexity {summary['val_ppl']:.2f}")
+        acc.print(f"[hope train] validation perplexity {summary['val_ppl']:.2f} (at step {last['step']})")
     return summary
+
+
+def record_rank(run: Run) -> None:
+    """(--record-ranks, for tests) this process's data (block indices per micro-batch) and a checksum of its weights."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(run.unwrapped.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    out = run.output_dir / "ranks" / f"rank{run.accelerator.process_index}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rank": run.accelerator.process_index, "world": run.accelerator.num_processes,
+                               "weights_sha256": digest.hexdigest(), "batches": getattr(run.batches, "seen", None)}))

@@ -68,8 +68,11 @@ def make_accelerator(cfg: TrainConfig, output_dir: Path):
     AcceleratorState._reset_state()  # several runs in one process (tests, notebooks); the process group stays
     GradientState._reset_state()
     trackers = available_trackers(cfg.report_to)
+    # Accelerate sets up gloo for several CPU processes (torchrun, `accelerate launch --multi_gpu` on a machine
+    # without GPUs) only when told cpu=True; without it each process would train alone.
+    cpu_only = not torch.accelerator.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
-                       cpu=cfg.cpu, log_with=trackers or None,
+                       cpu=cfg.cpu or cpu_only, log_with=trackers or None,
                        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir)))
 
 
@@ -126,6 +129,8 @@ def setup(cfg: TrainConfig) -> Run:
         with accelerator.main_process_first():
             train_tokens = tokenize_cached(corpus.train, tokenizer, cache)
         batches = BlockBatches(train_tokens, cfg.seq_len, cfg.batch_size, rank, world, cfg.seed)
+        if cfg.record_ranks:
+            batches.seen = []
     val_blocks = None
     if corpus.val:
         with accelerator.main_process_first():
