@@ -60,6 +60,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0              # 0: off
+    max_bad_steps: int = 5              # stop after this many steps in a row with a NaN/inf loss (each is skipped)
     # precision and device
     mixed_precision: str = "no"
     cpu: bool = False
@@ -174,7 +175,7 @@ def validate(cfg: TrainConfig) -> None:
             raise TrainError(msg)
 
     for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "log_every", "eval_every", "save_every",
-                 "keep_checkpoints", "val_blocks", "val_docs", "tokenizer_train_chars"):
+                 "keep_checkpoints", "val_blocks", "val_docs", "tokenizer_train_chars", "max_bad_steps"):
         value = getattr(cfg, name)
         need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
              f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")

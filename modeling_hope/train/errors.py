@@ -2,6 +2,7 @@
 
 EXIT_BAD_INPUT = 2      # argparse's code for a bad command line; used for every input error
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, after the checkpoint has been written
+EXIT_DIVERGED = 3       # --max-bad-steps steps in a row had a NaN/inf loss or gradient
 
 
 class TrainError(Exception):

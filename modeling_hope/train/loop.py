@@ -1,13 +1,14 @@
 """The training loop (nanoGPT style: the whole loop on one screen; everything else is built in setup.py)."""
 
 import math
+import sys
 import time
 
 import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
-from .errors import EXIT_INTERRUPTED
+from .errors import EXIT_DIVERGED, EXIT_INTERRUPTED
 from .evaluate import validation_loss
 from .export import export_model
 from .metrics import plot_loss_curve
@@ -26,7 +27,7 @@ def train(cfg, callback=None) -> dict:
                disable=not (cfg.progress and acc.is_main_process))
     evals = [evaluate(run, 0, bar)] if step == 0 and cfg.eval_at_start else []
     t_start = t_log = time.perf_counter()
-    stopped = None
+    stopped, bad_steps = None, 0
     with StopRequest() as stop:
         while step < cfg.max_steps:
             step_loss = 0.0
@@ -37,8 +38,13 @@ def train(cfg, callback=None) -> dict:
                     acc.backward(loss)
                 step_loss += loss.detach() / cfg.grad_accum
             grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
-            run.slow.before_step(step + 1)  # slow CMS levels: accumulate; update every outer_period steps only
-            opt.step()
+            if all_finite(acc, step_loss, grad_norm):
+                run.slow.before_step(step + 1)  # slow CMS levels: accumulate; update every outer_period steps only
+                opt.step()
+                bad_steps = 0
+            else:  # a NaN/inf loss or gradient: skip the update, so the weights stay good
+                bad_steps += 1
+                note(acc, f"step {step + 1}: non-finite loss or gradient; update skipped ({bad_steps} in a row)")
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
@@ -56,7 +62,7 @@ def train(cfg, callback=None) -> dict:
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
                 evals.append(evaluate(run, step, bar))
                 t_log = time.perf_counter()  # evaluation time does not count against tokens/s
-            stopped = stop_reason(cfg, run, stop, step, t_start)
+            stopped = "diverged" if bad_steps >= cfg.max_bad_steps else stop_reason(cfg, run, stop, step, t_start)
             if step % cfg.save_every == 0 or step == cfg.max_steps or stopped:
                 save_checkpoint(acc, run.output_dir, step, run.trainer_state(step), run.tokenizer, cfg.keep_checkpoints)
                 t_log = time.perf_counter()
@@ -88,10 +94,21 @@ def evaluate(run: Run, step: int, bar) -> dict:
         run.metrics.log(out)
         acc.log({k.replace("val_", "val/"): v for k, v in out.items() if k != "step"}, step=step)
         if "val_loss" in out and acc.is_main_process:
-            bar.write(f"[hope train] step {step}: val loss {out['val_loss']:.4f}, ppl {out['val_ppl']:.2f}")
+            bar.write(f"[hope train] step {step}: val loss {out['val_loss']:.4f}, ppl {out['val_ppl']:.2f}",
+                      file=sys.stderr)
         if acc.is_main_process:
             plot_loss_curve(run.metrics.path, run.output_dir / "loss_curve.png", run.output_dir.name)
     return out
+
+
+def all_finite(accelerator, loss, grad_norm) -> bool:
+    """Loss and gradient norm finite on every process (one small collective when there are several)."""
+    value = torch.as_tensor(loss, dtype=torch.float32, device=accelerator.device).reshape(1)
+    if grad_norm is not None:
+        value = value + 0.0 * torch.as_tensor(grad_norm, dtype=torch.float32, device=accelerator.device).reshape(1)
+    if accelerator.num_processes > 1:
+        value = accelerator.reduce(value, reduction="sum")
+    return bool(torch.isfinite(value).item())
 
 
 def stop_reason(cfg, run: Run, stop: StopRequest, step: int, t_start: float) -> str | None:
@@ -121,13 +138,23 @@ def finish(run: Run, step: int, stopped: str | None, evals: list, seconds: float
                "model_dir": None if model_dir is None else str(model_dir), "train_seconds": seconds,
                "val_loss_start": first.get("val_loss"), "val_ppl_start": first.get("val_ppl"),
                "val_loss": last.get("val_loss"), "val_ppl": last.get("val_ppl"), "evals": evals,
-               "exit_code": EXIT_INTERRUPTED if stopped == "signal" else 0, "process_index": acc.process_index}
+               "exit_code": {"signal": EXIT_INTERRUPTED, "diverged": EXIT_DIVERGED}.get(stopped, 0),
+               "process_index": acc.process_index}
+    if stopped == "diverged":
+        note(acc, f"stopped at step {step}: {cfg.max_bad_steps} steps in a row had a non-finite loss or gradient "
+                  f"(updates skipped, the checkpoint holds the last good weights); try a lower --lr")
     if stopped == "signal":
-        acc.print(f"[hope train] interrupted: checkpoint saved at step {step} in {run.output_dir / 'checkpoints'}; "
-                  f"continue with --resume")
+        note(acc, f"interrupted: checkpoint saved at step {step} in {run.output_dir / 'checkpoints'}; continue with "
+                  f"--resume")
     if summary["val_ppl"] is not None and not math.isnan(summary["val_ppl"]):
-        acc.print(f"[hope train] validation perplexity {summary['val_ppl']:.2f} (at step {last['step']})")
+        note(acc, f"validation perplexity {summary['val_ppl']:.2f} (at step {last['step']})")
     return summary
+
+
+def note(accelerator, message: str) -> None:
+    """A status line on stderr from the main process (stdout carries only the final JSON summary)."""
+    if accelerator.is_main_process:
+        print(f"[hope train] {message}", file=sys.stderr, flush=True)
 
 
 def record_rank(run: Run) -> None:

@@ -164,7 +164,8 @@ def setup(cfg: TrainConfig) -> Run:
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))
         start_step = int(saved_state["step"])
-        accelerator.print(f"[hope train] resumed from {resume_dir} at step {start_step}")
+        if accelerator.is_main_process:
+            print(f"[hope train] resumed from {resume_dir} at step {start_step}", file=sys.stderr, flush=True)
 
     resolved = {"train": {**to_dict(cfg), "output_dir": str(output_dir)}, "model": config.to_dict(),
                 "tokenizer": {"name_or_path": cfg.tokenizer or "byte-level BPE trained on the training data",
