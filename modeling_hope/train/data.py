@@ -15,7 +15,7 @@ from pathlib import Path
 from .corpora import read_text_file, shakespeare_documents
 from .errors import TrainError
 
-TEXT_SUFFIXES = (".txt", ".text", ".md")
+TEXT_SUFFIXES = (".txt", ".text")
 TABLE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 BUILTIN = "shakespeare"
 VALIDATION_SPLITS = ("validation", "valid", "test")

@@ -11,7 +11,7 @@ from .checkpoint import save_checkpoint
 from .errors import EXIT_DIVERGED, EXIT_INTERRUPTED
 from .evaluate import validation_loss
 from .export import export_model
-from .metrics import plot_loss_curve
+from .metrics import plot_loss_curve, read_metrics
 from .setup import Run, setup
 from .signals import StopRequest
 
@@ -132,12 +132,14 @@ def finish(run: Run, step: int, stopped: str | None, evals: list, seconds: float
     if cfg.record_ranks:
         record_rank(run)
     acc.end_training()
+    speed, memory = throughput(run), peak_memory(acc)
     last = next((e for e in reversed(evals) if "val_loss" in e), {})
     first = next((e for e in evals if "val_loss" in e and e["step"] == 0), {})
     summary = {"step": step, "stopped": stopped, "output_dir": str(run.output_dir),
                "model_dir": None if model_dir is None else str(model_dir), "train_seconds": seconds,
                "val_loss_start": first.get("val_loss"), "val_ppl_start": first.get("val_ppl"),
                "val_loss": last.get("val_loss"), "val_ppl": last.get("val_ppl"), "evals": evals,
+               "tokens_per_s": speed, **memory,
                "exit_code": {"signal": EXIT_INTERRUPTED, "diverged": EXIT_DIVERGED}.get(stopped, 0),
                "process_index": acc.process_index}
     if stopped == "diverged":
@@ -149,6 +151,26 @@ def finish(run: Run, step: int, stopped: str | None, evals: list, seconds: float
     if summary["val_ppl"] is not None and not math.isnan(summary["val_ppl"]):
         note(acc, f"validation perplexity {summary['val_ppl']:.2f} (at step {last['step']})")
     return summary
+
+
+def throughput(run: Run) -> float | None:
+    """Training tokens per second of this run (evaluation and checkpoint time excluded), from the log records."""
+    records = [r for r in read_metrics(run.metrics.path) if "tokens_per_s" in r and r["step"] > run.start_step]
+    tokens, seconds, previous = 0, 0.0, run.start_step
+    for r in records:
+        n = r["tokens"] - previous * r["tokens"] / r["step"]
+        tokens, seconds, previous = tokens + n, seconds + n / max(r["tokens_per_s"], 1e-9), r["step"]
+    return tokens / seconds if seconds > 0 else None
+
+
+def peak_memory(accelerator) -> dict:
+    """Peak resident memory of this process (MiB) and, on CUDA, the peak allocated by torch."""
+    import resource
+
+    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if accelerator.device.type == "cuda":
+        out["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated(accelerator.device) / 2**20
+    return out
 
 
 def note(accelerator, message: str) -> None:
