@@ -303,3 +303,21 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(corpus, tmp_path, capsy
     assert "update skipped (3 in a row)" in err and "try a lower --lr" in err
     ckpt = sorted((tmp_path / "div" / "checkpoints").iterdir())[-1]
     assert all(torch.isfinite(t).all() for t in load_file(str(ckpt / "model.safetensors")).values())
+
+
+def test_config_files_and_command_line_overrides(tmp_path):
+    """Defaults < --config FILE < flags; a model file sets a preset base, overrides and the architecture."""
+    from modeling_hope.train.model import resolve_model_config
+
+    (tmp_path / "run.yaml").write_text("lr: 0.01\nseq_len: 128\nmodel_kwargs: {mixer_type: titans}\n")
+    cfg = parse_args(["--config", str(tmp_path / "run.yaml"), "--lr", "0.02", "--model-kwargs", "conv_size=0"])
+    assert (cfg.lr, cfg.seq_len, cfg.batch_size) == (0.02, 128, 8)
+    assert cfg.model_kwargs == {"mixer_type": "titans", "conv_size": 0}
+    (tmp_path / "model.yaml").write_text("preset: hope-5m\nnum_hidden_layers: 2\n"
+                                         "cms_levels: [{intermediate_size: 64, outer_period: 4}]\n")
+    hope = resolve_model_config(str(tmp_path / "model.yaml"), None, {"mixer_type": "titans"}, vocab_size=500)
+    assert (hope.model_type, hope.hidden_size, hope.num_hidden_layers, hope.vocab_size) == ("hope", 192, 2, 500)
+    assert hope.mixer_type == "titans" and hope.cms_levels[0]["outer_period"] == 4
+    twin = resolve_model_config(str(tmp_path / "model.yaml"), "llama", vocab_size=500)
+    assert twin.model_type == "llama" and twin.num_hidden_layers == 2 and twin.vocab_size == 500
+    assert resolve_model_config("llama-5m").intermediate_size == 1088  # the README's twin of hope-5m
