@@ -247,6 +247,8 @@ def test_bad_input_is_refused_clearly(corpus, tmp_path, capsys):
     err = bad(other + ["--resume", str(ckpt)], capsys, "cannot resume from a checkpoint of another configuration")
     assert "hidden_size (checkpoint 32, now 48)" in err
     bad(args(corpus, tmp_path / "ck", steps=2), capsys, "already holds checkpoints")
+    run(args(corpus, tmp_path / "ck", steps=1, batch=2) + ["--overwrite"])  # afresh: the old step 2 is gone
+    assert [p.name for p in (tmp_path / "ck" / "checkpoints").iterdir()] == ["step-00000001"]
     bad(args(corpus, tmp_path / "y", steps=2) + ["--resume", str(tmp_path / "nope")], capsys, "no such checkpoint")
 
 

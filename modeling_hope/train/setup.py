@@ -3,6 +3,7 @@
 import math
 import os
 import platform
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,9 @@ def setup(cfg: TrainConfig) -> Run:
                          f"--overwrite or another --output-dir")
     saved_state = ckpt.read_state(resume_dir) if resume_dir is not None else None
     accelerator = make_accelerator(cfg, output_dir)
+    if cfg.overwrite and resume_dir is None and accelerator.is_main_process:  # a stale step-N must not be resumed
+        for stale in ("checkpoints", "model"):
+            shutil.rmtree(output_dir / stale, ignore_errors=True)
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
@@ -166,6 +170,11 @@ def setup(cfg: TrainConfig) -> Run:
         start_step = int(saved_state["step"])
         if accelerator.is_main_process:
             print(f"[hope train] resumed from {resume_dir} at step {start_step}", file=sys.stderr, flush=True)
+            before = saved_state["train_config"]["batch_size"] * saved_state.get("world_size", 1)
+            if before != cfg.batch_size * world:
+                print(f"[hope train] note: the checkpoint's global batch was {before} blocks, this run's is "
+                      f"{cfg.batch_size * world}: the data order does not continue the interrupted run's",
+                      file=sys.stderr, flush=True)
 
     resolved = {"train": {**to_dict(cfg), "output_dir": str(output_dir)}, "model": config.to_dict(),
                 "tokenizer": {"name_or_path": cfg.tokenizer or "byte-level BPE trained on the training data",
