@@ -68,3 +68,25 @@ def grad_of(p: torch.Tensor, name: str) -> torch.Tensor:
     if p.grad.is_sparse:
         raise RuntimeError(f"{name} does not support sparse gradients")
     return p.grad
+
+
+class ParamwiseOptimizer(torch.optim.Optimizer):
+    """The torch.optim plumbing the deep optimizers share: the closure and the loop over the parameters that have a
+    gradient. Subclasses implement `_update(p, grad, state, group, index)` (`index` counts parameters from 1)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                index += 1
+                if p.grad is not None:
+                    self._update(p, grad_of(p, type(self).__name__), self.state[p], group, index)
+        return loss
+
+    def _update(self, p, grad, state, group, index):
+        raise NotImplementedError

@@ -1,12 +1,11 @@
 """Deep Momentum Gradient Descent (DMGD): the momentum is a small MLP trained online on its own loss."""
 
 import torch
-from torch.optim import Optimizer
 
-from ._common import as_matrix, check_int, check_number, grad_of
+from ._common import as_matrix, check_int, check_number, ParamwiseOptimizer
 
 
-class DeepMomentumGD(Optimizer):
+class DeepMomentumGD(ParamwiseOptimizer):
     r"""DMGD: momentum as a deep associative memory, one small residual MLP per parameter tensor.
 
     Paper ([NL-arXiv] Eq. 50; PAPER_NOTES section 3), with ``u_i = grad L(W_i; x_i)``:
@@ -50,39 +49,26 @@ class DeepMomentumGD(Optimizer):
                         weight_decay=weight_decay, eps=eps, seed=seed)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        index = 0
-        for group in self.param_groups:
-            lr, wd, alpha, eta = group["lr"], group["weight_decay"], group["momentum"], group["inner_lr"]
-            for p in group["params"]:
-                index += 1
-                if p.grad is None:
-                    continue
-                g = as_matrix(grad_of(p, "DeepMomentumGD")).float()
-                rows, cols = g.shape
-                state = self.state[p]
-                if "mlp_in" not in state:
-                    gen = torch.Generator().manual_seed(group["seed"] * 1_000_003 + index)
-                    a0 = torch.randn(cols, group["hidden"], generator=gen) / cols**0.5
-                    state["step"] = 0
-                    state["mlp_in"] = a0.to(device=p.device, dtype=p.dtype)
-                    state["mlp_out"] = torch.zeros(group["hidden"], cols, device=p.device, dtype=p.dtype)
-                state["step"] += 1
-                a, b = state["mlp_in"], state["mlp_out"]
-                k = g / g.pow(2).mean().sqrt().clamp_min(group["eps"])
-                # Inner step on L2 = -<K + tanh(K A) B, K> / rows.
-                h = torch.tanh(k @ a.float())
-                grad_b = -(h.mT @ k) / rows
-                grad_a = -(k.mT @ ((k @ b.float().mT) * (1 - h * h))) / rows
-                a.mul_(alpha).sub_(grad_a.to(a.dtype), alpha=eta)
-                b.mul_(alpha).sub_(grad_b.to(b.dtype), alpha=eta)
-                update = k + torch.tanh(k @ a.float()) @ b.float()
-                if wd:
-                    p.mul_(1 - lr * wd)
-                p.sub_(update.reshape(p.shape).to(p.dtype), alpha=lr)
-        return loss
+    def _update(self, p, grad, state, group, index):
+        lr, wd, alpha, eta = group["lr"], group["weight_decay"], group["momentum"], group["inner_lr"]
+        g = as_matrix(grad).float()
+        rows, cols = g.shape
+        if "mlp_in" not in state:
+            gen = torch.Generator().manual_seed(group["seed"] * 1_000_003 + index)
+            a0 = torch.randn(cols, group["hidden"], generator=gen) / cols**0.5
+            state["step"] = 0
+            state["mlp_in"] = a0.to(device=p.device, dtype=p.dtype)
+            state["mlp_out"] = torch.zeros(group["hidden"], cols, device=p.device, dtype=p.dtype)
+        state["step"] += 1
+        a, b = state["mlp_in"], state["mlp_out"]
+        k = g / g.pow(2).mean().sqrt().clamp_min(group["eps"])
+        # Inner step on L2 = -<K + tanh(K A) B, K> / rows.
+        h = torch.tanh(k @ a.float())
+        grad_b = -(h.mT @ k) / rows
+        grad_a = -(k.mT @ ((k @ b.float().mT) * (1 - h * h))) / rows
+        a.mul_(alpha).sub_(grad_a.to(a.dtype), alpha=eta)
+        b.mul_(alpha).sub_(grad_b.to(b.dtype), alpha=eta)
+        update = k + torch.tanh(k @ a.float()) @ b.float()
+        if wd:
+            p.mul_(1 - lr * wd)
+        p.sub_(update.reshape(p.shape).to(p.dtype), alpha=lr)

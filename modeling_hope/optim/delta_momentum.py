@@ -1,12 +1,11 @@
 """Delta Momentum: momentum as an associative memory trained with the L2 (delta-rule) objective."""
 
 import torch
-from torch.optim import Optimizer
 
-from ._common import as_matrix, check_number, grad_of
+from ._common import as_matrix, check_number, ParamwiseOptimizer
 
 
-class DeltaMomentum(Optimizer):
+class DeltaMomentum(ParamwiseOptimizer):
     r"""Momentum whose memory is updated by the delta rule instead of the Hebbian (dot-product) rule.
 
     Paper ([NL-arXiv] Eq. 48-49, NeurIPS Eq. 21-22; PAPER_NOTES section 3): the momentum ``m`` is a memory
@@ -40,29 +39,18 @@ class DeltaMomentum(Optimizer):
         defaults = dict(lr=lr, momentum=momentum, delta=delta, weight_decay=weight_decay, eps=eps)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = as_matrix(grad_of(p, "DeltaMomentum"))
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["step"] = 0
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                state["step"] += 1
-                b = as_matrix(state["momentum_buffer"])
-                k = g / g.norm().clamp_min(group["eps"])
-                # b K^T K, associated in whichever order is cheaper.
-                erase = (b @ k.mT) @ k if b.shape[0] <= b.shape[1] else b @ (k.mT @ k)
-                b.mul_(group["momentum"]).sub_(erase, alpha=group["delta"]).add_(g)
-                if wd:
-                    p.mul_(1 - lr * wd)
-                p.sub_(state["momentum_buffer"], alpha=lr)
-        return loss
+    def _update(self, p, grad, state, group, index):
+        lr, wd = group["lr"], group["weight_decay"]
+        g = as_matrix(grad)
+        if "momentum_buffer" not in state:
+            state["step"] = 0
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        state["step"] += 1
+        b = as_matrix(state["momentum_buffer"])
+        k = g / g.norm().clamp_min(group["eps"])
+        # b K^T K, associated in whichever order is cheaper.
+        erase = (b @ k.mT) @ k if b.shape[0] <= b.shape[1] else b @ (k.mT @ k)
+        b.mul_(group["momentum"]).sub_(erase, alpha=group["delta"]).add_(g)
+        if wd:
+            p.mul_(1 - lr * wd)
+        p.sub_(state["momentum_buffer"], alpha=lr)

@@ -1,12 +1,11 @@
 """M3, Multi-scale Momentum Muon (Adam + Muon + CMS): [NL-arXiv] section 7.2, Algorithm 1."""
 
 import torch
-from torch.optim import Optimizer
 
-from ._common import NS_COEFFICIENTS, check, check_int, check_number, grad_of, orthogonalize
+from ._common import NS_COEFFICIENTS, check, check_int, check_number, orthogonalize, ParamwiseOptimizer
 
 
-class M3(Optimizer):
+class M3(ParamwiseOptimizer):
     r"""Multi-scale Momentum Muon, exactly as Algorithm 1 of [NL-arXiv] (PAPER_NOTES section 2):
 
         for k = 0, 1, 2, ...                                   (low-frequency loop, every f steps)
@@ -49,35 +48,24 @@ class M3(Optimizer):
                         ns_steps=ns_steps, ns_coefficients=tuple(ns_coefficients), weight_decay=weight_decay)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            ns = dict(steps=group["ns_steps"], coefficients=group["ns_coefficients"])
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = grad_of(p, "M3")
-                state = self.state[p]
-                if "fast_momentum" not in state:
-                    state["step"] = 0
-                    for key in ("fast_momentum", "slow_momentum", "second_moment", "grad_accum", "slow_orth"):
-                        state[key] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                state["step"] += 1
-                m1, v = state["fast_momentum"], state["second_moment"]
-                m1.add_(g, alpha=group["beta1"])
-                v.addcmul_(g, g, value=group["beta2"])
-                state["grad_accum"].add_(g)
-                direction = orthogonalize(m1, **ns).add_(state["slow_orth"], alpha=group["alpha"])
-                if wd:
-                    p.mul_(1 - lr * wd)
-                p.addcdiv_(direction, v.sqrt().add_(group["eps"]), value=-lr)
-                if state["step"] % group["f"] == 0:  # end of chunk k: slow memory update (CMS level)
-                    state["slow_momentum"].add_(state["grad_accum"], alpha=group["beta3"])
-                    state["grad_accum"].zero_()
-                    state["slow_orth"].copy_(orthogonalize(state["slow_momentum"], **ns))
-        return loss
+    def _update(self, p, grad, state, group, index):
+        lr, wd = group["lr"], group["weight_decay"]
+        ns = dict(steps=group["ns_steps"], coefficients=group["ns_coefficients"])
+        g = grad
+        if "fast_momentum" not in state:
+            state["step"] = 0
+            for key in ("fast_momentum", "slow_momentum", "second_moment", "grad_accum", "slow_orth"):
+                state[key] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        state["step"] += 1
+        m1, v = state["fast_momentum"], state["second_moment"]
+        m1.add_(g, alpha=group["beta1"])
+        v.addcmul_(g, g, value=group["beta2"])
+        state["grad_accum"].add_(g)
+        direction = orthogonalize(m1, **ns).add_(state["slow_orth"], alpha=group["alpha"])
+        if wd:
+            p.mul_(1 - lr * wd)
+        p.addcdiv_(direction, v.sqrt().add_(group["eps"]), value=-lr)
+        if state["step"] % group["f"] == 0:  # end of chunk k: slow memory update (CMS level)
+            state["slow_momentum"].add_(state["grad_accum"], alpha=group["beta3"])
+            state["grad_accum"].zero_()
+            state["slow_orth"].copy_(orthogonalize(state["slow_momentum"], **ns))

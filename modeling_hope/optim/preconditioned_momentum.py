@@ -1,12 +1,11 @@
 """Preconditioned Momentum: momentum whose value is a diagonally preconditioned gradient."""
 
 import torch
-from torch.optim import Optimizer
 
-from ._common import check_number, grad_of
+from ._common import check_number, ParamwiseOptimizer
 
 
-class PreconditionedMomentum(Optimizer):
+class PreconditionedMomentum(ParamwiseOptimizer):
     r"""Momentum with a more expressive value: the gradient times an Adam-style diagonal preconditioner.
 
     Paper ([NL-arXiv] Eq. 46-47; PAPER_NOTES section 3), values ``v_i = P_i``:
@@ -35,29 +34,18 @@ class PreconditionedMomentum(Optimizer):
         defaults = dict(lr=lr, momentum=momentum, beta2=beta2, eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, wd, beta2 = group["lr"], group["weight_decay"], group["beta2"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = grad_of(p, "PreconditionedMomentum")
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["step"] = 0
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                v, b = state["exp_avg_sq"], state["momentum_buffer"]
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = (v / (1 - beta2 ** state["step"])).sqrt_().add_(group["eps"])
-                b.mul_(group["momentum"]).addcdiv_(g, denom)
-                if wd:
-                    p.mul_(1 - lr * wd)
-                p.sub_(b, alpha=lr)
-        return loss
+    def _update(self, p, grad, state, group, index):
+        lr, wd, beta2 = group["lr"], group["weight_decay"], group["beta2"]
+        g = grad
+        if "momentum_buffer" not in state:
+            state["step"] = 0
+            state["momentum_buffer"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        v, b = state["exp_avg_sq"], state["momentum_buffer"]
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        denom = (v / (1 - beta2 ** state["step"])).sqrt_().add_(group["eps"])
+        b.mul_(group["momentum"]).addcdiv_(g, denom)
+        if wd:
+            p.mul_(1 - lr * wd)
+        p.sub_(b, alpha=lr)
