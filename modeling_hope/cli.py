@@ -6,9 +6,6 @@ import sys
 COMMANDS = {
     "train": ("modeling_hope.train.cli", "train a HOPE (or its Llama twin) with Accelerate"),
     "eval": ("modeling_hope.eval.cli", "run the paper's benchmark suite through lm-eval-harness"),
-    "convert": ("modeling_hope.convert.cli", "convert Llama-family models or training checkpoints"),
-    "push": ("modeling_hope.convert.push", "upload an exported folder to the Hub"),
-    "bench": ("modeling_hope.bench", "speed and memory of HOPE against its Llama twin"),
     "main-job": ("modeling_hope.main_job", "train a small HOPE on the built-in data, evaluate it, generate text"),
 }
 

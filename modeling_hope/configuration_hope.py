@@ -54,7 +54,7 @@ class HopeConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = 2
     tie_word_embeddings: bool = False
     mixer_type: str = "self_modifying_titans"
-    memory_expansion: int = 2
+    memory_expansion: int = 1
     memory_activation: str = "silu"
     memory_chunk_size: int = 64
     projection_chunk_size: int = 64

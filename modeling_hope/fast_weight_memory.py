@@ -52,14 +52,21 @@ def memory_read(u, W1, W2, act: str):
     return u + ACTIVATIONS[act][0](u @ W2.mT) @ W1.mT
 
 
-def inner_update_factors(keys, targets, W1, W2, act: str, dgd: float):
+def inner_update_factors(keys, targets, W1, W2, act: str, dgd: float, values=None):
     """The inner updates are rank one: u1_t = b1_t a1_t^T (for W1), u2_t = b2_t a2_t^T (for W2). With z = W2 k,
     h = act(z), e = M(k) - vhat: grad W1 = e h^T and grad W2 = ((W1^T e) * act'(z)) k^T; DGD adds (W1 h) h^T and
-    (W2 k) k^T. Returns (a1, b1, a2, b2)."""
+    (W2 k) k^T. Returns (a1, b1, a2, b2). With `values` instead of `targets`, the self-generated targets
+    vhat = M(v) are computed in the same products as M(k)."""
     fn, grad = ACTIVATIONS[act]
-    z = keys @ W2.mT
-    h, dh = fn(z), grad(z)
+    C = keys.shape[-2]
+    x = keys if values is None else torch.cat(torch.broadcast_tensors(keys, values), -2)
+    z = x @ W2.mT
+    h = fn(z)
     w1h = h @ W1.mT
+    if values is not None:
+        targets = values + w1h[..., C:, :]
+        z, h, w1h = z[..., :C, :], h[..., :C, :], w1h[..., :C, :]
+    dh = grad(z)
     err = keys + w1h - targets
     b1 = (err + dgd * w1h) * step_scale_w1(h)
     b2 = ((err @ W1) * dh + dgd * z) * step_scale_w2(dh, W1)
@@ -137,35 +144,58 @@ def chunk_coefficients(eta, log_alpha, log_beta, active):
     return log_A.exp(), c, gamma * eta[..., None, :], beta_end, s_end
 
 
+def _rows(flag, like):
+    """(B,) flag -> broadcastable against a (B, ...) state tensor."""
+    return flag.view(-1, *([1] * (like.dim() - 1)))
+
+
+def dual_read(state: FastWeights, queries, factors, coefficients, act):
+    """o_j = q_j + W1_j act(W2_j q_j) with W_j = A_j W_0 + c_j S_0 - sum_{i<=j} G_ji b_i a_i^T, never materialised:
+    (G * (Q A^T)) B terms are (C x C) products."""
+    a1, b1, a2, b2 = factors
+    A, c, G = (x[..., None] if i < 2 else x for i, x in enumerate(coefficients[:3]))
+    z = A * (queries @ state.W2.mT) + c * (queries @ state.S2.mT) - (G * (queries @ a2.mT)) @ b2
+    hq = ACTIVATIONS[act][0](z)
+    return queries + A * (hq @ state.W1.mT) + c * (hq @ state.S1.mT) - (G * (hq @ a1.mT)) @ b1
+
+
+def end_state(state: FastWeights, factors, coefficients, complete) -> FastWeights:
+    """The state after the chunk; rows whose chunk is `complete` evaluate their next chunk at the new weights."""
+    a1, b1, a2, b2 = factors
+    A, c, G, beta_end, s_end = coefficients
+    g = G[..., -1, :, None]
+    A_end, c_end = A[..., -1, None, None], c[..., -1, None, None]
+    if s_end is None:
+        W1 = A_end * state.W1 + c_end * state.S1 - (b1 * g).mT @ a1
+        W2 = A_end * state.W2 + c_end * state.S2 - (b2 * g).mT @ a2
+        S1, S2 = state.S1, state.S2
+    else:  # W and S take the same rank-one terms with other weights: one product each for both
+        gs = torch.cat(torch.broadcast_tensors(g, s_end[..., None]), -1)  # (..., C, 2)
+        d1, d2 = b1.shape[-1], a2.shape[-1]
+        u1 = (b1[..., None] * gs[..., None, :]).flatten(-2).mT @ a1  # (..., d*2, R) interleaved (g, s)
+        u2 = (b2[..., None] * gs[..., None, :]).flatten(-2).mT @ a2
+        u1, u2 = u1.unflatten(-2, (d1, 2)), u2.unflatten(-2, (b2.shape[-1], 2))
+        W1 = A_end * state.W1 + c_end * state.S1 - u1[..., 0, :]
+        W2 = A_end * state.W2 + c_end * state.S2 - u2[..., 0, :]
+        S1 = beta_end * state.S1 - u1[..., 1, :]
+        S2 = beta_end * state.S2 - u2[..., 1, :]
+    done = _rows(complete, W1)
+    return FastWeights(torch.where(done, W1, state.W1_eval), torch.where(done, W2, state.W2_eval), W1, W2, S1, S2)
+
+
 def chunk_step(state: FastWeights, keys, targets, eta, log_alpha, log_beta, active, complete, act, dgd, queries=None):
     """One chunk for a group of memories: rank-one inner updates at the chunk-start weights, the dual-form read
     `o_j = q_j + W1_j act(W2_j q_j)` (W_j including tokens up to j) when `queries` is given, and the end state.
     `complete` (B,) marks rows whose chunk ends here, so their next chunk is evaluated at the new weights."""
-    a1, b1, a2, b2 = inner_update_factors(keys, targets, state.W1_eval, state.W2_eval, act, dgd)
-    A, c, G, beta_end, s_end = chunk_coefficients(eta, log_alpha, log_beta, active)
-    out = None
-    if queries is not None:
-        A_, c_ = A[..., None], c[..., None]
-        z = A_ * (queries @ state.W2.mT) + c_ * (queries @ state.S2.mT) - (G * (queries @ a2.mT)) @ b2
-        hq = ACTIVATIONS[act][0](z)
-        out = queries + A_ * (hq @ state.W1.mT) + c_ * (hq @ state.S1.mT) - (G * (hq @ a1.mT)) @ b1
-    g = G[..., -1, :, None]
-    A_end, c_end = A[..., -1, None, None], c[..., -1, None, None]
-    W1 = A_end * state.W1 + c_end * state.S1 - (b1 * g).mT @ a1
-    W2 = A_end * state.W2 + c_end * state.S2 - (b2 * g).mT @ a2
-    if s_end is None:
-        S1, S2 = state.S1, state.S2
-    else:
-        s = s_end[..., None]
-        S1 = beta_end * state.S1 - (b1 * s).mT @ a1
-        S2 = beta_end * state.S2 - (b2 * s).mT @ a2
-    done = complete[:, None, None, None]
-    return out, FastWeights(torch.where(done, W1, state.W1_eval), torch.where(done, W2, state.W2_eval), W1, W2, S1, S2)
+    factors = inner_update_factors(keys, targets, state.W1_eval, state.W2_eval, act, dgd)
+    coefficients = chunk_coefficients(eta, log_alpha, log_beta, active)
+    out = dual_read(state, queries, factors, coefficients, act) if queries is not None else None
+    return out, end_state(state, factors, coefficients, complete)
 
 
 def _restart_at_boundary(state: FastWeights, counts, chunk: int) -> FastWeights:
     """Rows whose count sits on a chunk boundary evaluate their next chunk at their current weights."""
-    start = (counts % chunk == 0)[:, None, None, None]
+    start = _rows(counts % chunk == 0, state.W1)
     return state._replace(W1_eval=torch.where(start, state.W1, state.W1_eval),
                           W2_eval=torch.where(start, state.W2, state.W2_eval))
 
@@ -229,6 +259,40 @@ def chunked_projection_scan(state, inputs, adaptive, produce, log_beta, mask, co
                               act_f, active[:, c0 + chunk - 1], act, dgd)
     produced = [from_slots(torch.cat(parts, 2), counts, T, chunk, 2) for parts in zip(*results)]
     return (*produced, state)
+
+
+def chunked_fused_scan(state, queries, inputs, adaptive, produce, log_beta, mask, counts, chunk, act, dgd,
+                       self_generated, lr_scale=1.0):
+    """Projection memories and output memory in one pass when they share the chunk size: per chunk, the projection
+    memories produce k, v, eta, alpha at their chunk-start weights, then all P memories (stacked: state tensors
+    (B, P, H, ...), the output memory last) take their updates in one batched computation, sharing the per-head
+    decay/momentum coefficients; the output memory also reads. Same results as `chunked_projection_scan` followed
+    by `chunked_memory_scan`. Returns (outputs (B,H,T,d), the new state)."""
+    B, _, H, T, d = inputs.shape
+    lengths = mask.sum(-1)
+    state = _restart_at_boundary(state, counts, chunk)
+    (x, q), active = _slots((inputs, queries[:, None]), counts, lengths, chunk, 3)
+    sel = torch.tensor(adaptive, device=inputs.device)
+    n_adaptive = int(sel.sum())
+    outs = []
+    for c0 in range(0, x.shape[3], chunk):
+        sl = slice(c0, c0 + chunk)
+        u = x[..., sl, :]
+        produced = u
+        if n_adaptive:
+            produced = u.clone()
+            produced[:, sel] = memory_read(u[:, sel], state.W1_eval[:, :n_adaptive], state.W2_eval[:, :n_adaptive], act)
+        keys, values, eta, log_alpha = produce(produced)
+        act_f, eta_c, la_c = _masked_chunk_inputs(active[:, sl], eta * lr_scale, log_alpha)
+        values = values[:, None]
+        factors = inner_update_factors(keys[:, None], None if self_generated else values, state.W1_eval,
+                                       state.W2_eval, act, dgd, values=values if self_generated else None)
+        coefficients = [t if t is None else t[:, None] for t in chunk_coefficients(eta_c, la_c, log_beta, act_f)]
+        mem = FastWeights(*(t[:, -1] for t in state))
+        outs.append(dual_read(mem, q[:, 0, :, sl], [f[:, -1] for f in factors], [t[:, 0] for t in coefficients[:3]],
+                              act))
+        state = end_state(state, factors, coefficients, active[:, c0 + chunk - 1])
+    return from_slots(torch.cat(outs, 2), counts, T, chunk, 2), state
 
 
 def _slots(tensors, counts, lengths, chunk, dim):

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .cache_hope import HopeCache
 from .configuration_hope import HopeConfig
 from .continuum_memory import WEIGHT_NAMES, SwiGLU, swiglu_per_row, teach_gradients
-from .fast_weight_memory import MEMORY_SCANS, PROJECTION_SCANS, FastWeights
+from .fast_weight_memory import MEMORY_SCANS, PROJECTION_SCANS, FastWeights, chunked_fused_scan
 
 BOXES = ("k", "v", "eta", "alpha")
 
@@ -108,17 +108,25 @@ class HopeMemoryMixer(nn.Module):
         self.gate_proj = nn.Linear(d, d, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
 
+    def initial_fast_weights(self):
+        """The memories' initial weights stacked as (P, H, ...): the adaptive projection memories, then M_mem."""
+        H, d = self.num_heads, self.head_dim
+        W1s, W2s = [self.mem_W1[None]], [self.mem_W2[None]]
+        if self.proj_W1 is not None:
+            W1s.insert(0, self.proj_W1.view(-1, H, d, self.proj_W1.shape[-1]))
+            W2s.insert(0, self.proj_W2.view(-1, H, self.proj_W2.shape[-2], d))
+        return torch.cat(W1s), torch.cat(W2s)
+
     def init_state(self, batch_size: int) -> dict:
         state = {}
         if self.conv is not None:
-            state["conv"] = self.in_proj.weight.new_zeros(batch_size, self.conv.weight.shape[1] - 1, self.conv.weight.shape[0])
-        for name, W1, W2 in (("mem", self.mem_W1, self.mem_W2), ("proj", self.proj_W1, self.proj_W2)):
-            if W1 is None:
-                continue
-            W1b, W2b = W1.expand(batch_size, *W1.shape), W2.expand(batch_size, *W2.shape)
-            zeros1, zeros2 = W1.new_zeros(batch_size, *W1.shape), W2.new_zeros(batch_size, *W2.shape)
-            for field, value in zip(FastWeights._fields, (W1b, W2b, W1b, W2b, zeros1, zeros2)):
-                state[f"{name}.{field}"] = value
+            size, channels = self.conv.weight.shape[1], self.conv.weight.shape[0]
+            state["conv"] = self.in_proj.weight.new_zeros(batch_size, size - 1, channels)
+        W1, W2 = self.initial_fast_weights()
+        W1b, W2b = W1.expand(batch_size, *W1.shape), W2.expand(batch_size, *W2.shape)
+        zeros1, zeros2 = W1.new_zeros(batch_size, *W1.shape), W2.new_zeros(batch_size, *W2.shape)
+        for field, value in zip(FastWeights._fields, (W1b, W2b, W1b, W2b, zeros1, zeros2)):
+            state[f"memory.{field}"] = value
         return state
 
     def _heads(self, x):
@@ -136,6 +144,25 @@ class HopeMemoryMixer(nn.Module):
             log_alpha = torch.zeros_like(eta)
         return keys, values, eta, log_alpha
 
+    def _separate_scans(self, memory, q, inputs, log_beta, mask, counts, common):
+        """Projection memories over the whole call, then the output memory (chunk sizes differ, or naive path)."""
+        cfg = self.config
+        n = sum(self.adaptive)
+        if n:
+            proj = FastWeights(*(t[:, :n].flatten(1, 2) for t in memory))
+            *produced, proj = PROJECTION_SCANS[cfg.memory_impl](
+                proj, inputs, self.adaptive, self._produce, None if log_beta is None else log_beta.repeat(n),
+                mask, counts, cfg.projection_chunk_size, lr_scale=1.0 / cfg.projection_chunk_size, **common)
+        else:
+            produced = self._produce(inputs)
+        keys, values, eta, log_alpha = produced
+        mem = FastWeights(*(t[:, -1] for t in memory))
+        o, mem = MEMORY_SCANS[cfg.memory_impl](mem, q, keys, values, eta, log_alpha, log_beta, mask, counts,
+                                               cfg.memory_chunk_size, lr_scale=1.0 / cfg.memory_chunk_size, **common)
+        if n:
+            return o, FastWeights(*(torch.cat([p.unflatten(1, (n, -1)), m[:, None]], 1) for p, m in zip(proj, mem)))
+        return o, FastWeights(*(m[:, None] for m in mem))
+
     def forward(self, x, mask, counts, state):
         cfg = self.config
         lengths = mask.sum(-1)
@@ -147,22 +174,16 @@ class HopeMemoryMixer(nn.Module):
         q = l2norm(F.silu(q))
         inputs = torch.stack(boxes, 1)  # (B, 4, H, L, d)
         log_beta = F.logsigmoid(self.beta_logit) if self.beta_logit is not None else None
-        dgd = 1.0 if cfg.use_dgd else 0.0
-        common = dict(act=cfg.memory_activation, dgd=dgd, self_generated=cfg.self_generated_values)
-        if any(self.adaptive):
-            proj = FastWeights(*(state[f"proj.{f}"] for f in FastWeights._fields))
-            n = sum(self.adaptive)
-            *produced, proj = PROJECTION_SCANS[cfg.memory_impl](
-                proj, inputs, self.adaptive, self._produce, None if log_beta is None else log_beta.repeat(n),
-                mask, counts, cfg.projection_chunk_size, lr_scale=1.0 / cfg.projection_chunk_size, **common)
-            new_state.update({f"proj.{f}": t for f, t in zip(FastWeights._fields, proj)})
+        common = dict(act=cfg.memory_activation, dgd=1.0 if cfg.use_dgd else 0.0,
+                      self_generated=cfg.self_generated_values)
+        memory = FastWeights(*(state[f"memory.{f}"] for f in FastWeights._fields))
+        C, Cp = cfg.memory_chunk_size, cfg.projection_chunk_size
+        if cfg.memory_impl == "chunked" and C == Cp:
+            o, memory = chunked_fused_scan(memory, q, inputs, self.adaptive, self._produce, log_beta, mask, counts,
+                                           C, lr_scale=1.0 / C, **common)
         else:
-            produced = self._produce(inputs)
-        keys, values, eta, log_alpha = produced
-        mem = FastWeights(*(state[f"mem.{f}"] for f in FastWeights._fields))
-        o, mem = MEMORY_SCANS[cfg.memory_impl](mem, q, keys, values, eta, log_alpha, log_beta, mask, counts,
-                                               cfg.memory_chunk_size, lr_scale=1.0 / cfg.memory_chunk_size, **common)
-        new_state.update({f"mem.{f}": t for f, t in zip(FastWeights._fields, mem)})
+            o, memory = self._separate_scans(memory, q, inputs, log_beta, mask, counts, common)
+        new_state.update({f"memory.{f}": t for f, t in zip(FastWeights._fields, memory)})
         o = self.o_norm(o).transpose(1, 2).reshape(x.shape)
         return self.o_proj(o * F.silu(self.gate_proj(x))), new_state
 

@@ -18,15 +18,15 @@ def _levels(static: int, in_context: int, period: int = 256, lr: float = 1e-3):
 
 PRESETS = {
     "hope-5m": dict(vocab_size=8192, hidden_size=192, num_hidden_layers=4, num_attention_heads=4,
-                    tie_word_embeddings=True, cms_levels=_levels(384, 192), max_position_embeddings=8192),
+                    tie_word_embeddings=True, cms_levels=_levels(576, 192), max_position_embeddings=8192),
     "hope-20m": dict(vocab_size=8192, hidden_size=384, num_hidden_layers=6, num_attention_heads=6,
-                     tie_word_embeddings=True, cms_levels=_levels(768, 384), max_position_embeddings=8192),
+                     tie_word_embeddings=True, cms_levels=_levels(960, 384), max_position_embeddings=8192),
     "hope-340m": dict(vocab_size=32000, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                      cms_levels=_levels(640, 256, period=512)),
+                      cms_levels=_levels(864, 256, period=512)),
     "hope-760m": dict(vocab_size=32000, hidden_size=1536, num_hidden_layers=24, num_attention_heads=16,
-                      cms_levels=_levels(1280, 512, period=512)),
+                      cms_levels=_levels(1568, 512, period=512)),
     "hope-1.3b": dict(vocab_size=32000, hidden_size=2048, num_hidden_layers=24, num_attention_heads=16,
-                      cms_levels=_levels(1792, 512, period=512)),
+                      cms_levels=_levels(2208, 512, period=512)),
 }
 
 

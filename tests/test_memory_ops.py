@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from modeling_hope.continuum_memory import swiglu_per_row, teach_gradients
-from modeling_hope.fast_weight_memory import (FastWeights, chunked_memory_scan, chunked_projection_scan,
-                                              naive_memory_scan, naive_projection_scan)
+from modeling_hope.fast_weight_memory import (FastWeights, chunked_fused_scan, chunked_memory_scan,
+                                              chunked_projection_scan, naive_memory_scan, naive_projection_scan)
 
 B, H, d, R, T = 3, 2, 4, 6, 11
 COUNTS = torch.tensor([0, 5, 2])
@@ -86,6 +86,45 @@ def test_projection_scan_matches_naive(adaptive, chunk):
         check_close(a[m], b[m])
     for a, b in zip(s1, s2):
         check_close(a, b)
+    for a, b in zip(g1, g2):
+        check_close(a, b, 1e-9)
+
+
+@pytest.mark.parametrize("adaptive", [(True, True, True, True), (False, True, True, False), (False,) * 4])
+@pytest.mark.parametrize("momentum", [True, False])
+def test_fused_scan_matches_naive_projection_then_memory(adaptive, momentum):
+    """The fused pass (all memories of a head in one batched computation per chunk) equals the naive projection
+    scan followed by the naive output-memory scan."""
+    chunk, P = 3, sum(adaptive) + 1
+    gen = torch.Generator().manual_seed(20)
+    mask = torch.arange(T)[None] < LENGTHS[:, None]
+    state = [t.unflatten(1, (P, H)) for t in leaves(*random_state(P * H, chunk, gen))]
+    inputs, q = leaves(0.5 * torch.randn(B, 4, H, T, d, generator=gen), F.normalize(torch.randn(B, H, T, d, generator=gen), dim=-1))
+    log_beta = leaves(torch.log(0.9 * torch.rand(H, generator=gen)))[0] if momentum else None
+    params = [*state, inputs, q] + ([log_beta] if momentum else [])
+    out, new = chunked_fused_scan(FastWeights(*state), q, inputs, adaptive, produce, log_beta, mask, COUNTS, chunk,
+                                  "silu", 1.0, True, lr_scale=0.5)
+    n = P - 1
+    if n:
+        proj = FastWeights(*(t[:, :n].flatten(1, 2) for t in state))
+        keys, values, eta, log_alpha, proj_new = naive_projection_scan(
+            proj, inputs, adaptive, produce, None if log_beta is None else log_beta.repeat(n), mask, COUNTS, chunk,
+            "silu", 1.0, True, lr_scale=0.5)
+    else:
+        keys, values, eta, log_alpha = produce(inputs)
+    ref, mem_new = naive_memory_scan(FastWeights(*(t[:, -1] for t in state)), q, keys, values, eta, log_alpha, log_beta,
+                                     mask, COUNTS, chunk, "silu", 1.0, True, lr_scale=0.5)
+    m = mask[:, None, :, None].expand_as(out)
+    check_close(out[m], ref[m])
+    for i, t in enumerate(new):
+        check_close(t[:, -1], mem_new[i])
+        if n:
+            check_close(t[:, :n].flatten(1, 2), proj_new[i])
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=out.dtype)
+    g1 = torch.autograd.grad((out * weights * m).sum() + sum((t * t).sum() for t in new), params)
+    ref_new = [torch.cat([p.unflatten(1, (n, H)), mm[:, None]], 1) if n else mm[:, None]
+               for p, mm in zip(proj_new if n else [None] * 6, mem_new)]
+    g2 = torch.autograd.grad((ref * weights * m).sum() + sum((t * t).sum() for t in ref_new), params)
     for a, b in zip(g1, g2):
         check_close(a, b, 1e-9)
 

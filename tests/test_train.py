@@ -322,4 +322,5 @@ def test_config_files_and_command_line_overrides(tmp_path):
     assert hope.mixer_type == "titans" and hope.cms_levels[0]["outer_period"] == 4
     twin = resolve_model_config(str(tmp_path / "model.yaml"), "llama", vocab_size=500)
     assert twin.model_type == "llama" and twin.num_hidden_layers == 2 and twin.vocab_size == 500
-    assert resolve_model_config("llama-5m").intermediate_size == 1088  # the README's twin of hope-5m
+    from modeling_hope.presets import hope_config, llama_twin_config
+    assert resolve_model_config("llama-5m").intermediate_size == llama_twin_config(hope_config("hope-5m")).intermediate_size

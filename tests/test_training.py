@@ -70,11 +70,13 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-12), name
 
 
-def test_naive_and_chunked_models_agree():
+@pytest.mark.parametrize("chunks", [(4, 3), (4, 4)], ids=["separate-scans", "fused-scan"])
+def test_naive_and_chunked_models_agree(chunks):
     ids = torch.randint(2, 61, (2, 10), generator=torch.Generator().manual_seed(0))
     outs = []
     for impl in ("chunked", "naive"):
-        model = build(tiny_config(memory_impl=impl, num_hidden_layers=1, cms_levels=IN_CONTEXT), seed=4,
+        model = build(tiny_config(memory_impl=impl, num_hidden_layers=1, cms_levels=IN_CONTEXT,
+                                  memory_chunk_size=chunks[0], projection_chunk_size=chunks[1]), seed=4,
                       dtype=torch.float64).train()
         out = model(ids, labels=ids)
         out.loss.backward()
