@@ -34,13 +34,15 @@ def run_model(model: str, args, workdir: Path, tokenizer: str | None) -> dict:
     cmd = [sys.executable, "-m", "modeling_hope.cli", "train", *argv]
     print(f"$ {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{model}: hope train failed with exit code {proc.returncode}")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     summary["wall_s"] = time.perf_counter() - t0
     resolved = json.loads((out_dir / "config.json").read_text())
     summary["parameters"] = resolved["parameters"]
+    summary["threads"] = resolved["environment"]["threads"]
     summary["tokenizer_dir"] = str(out_dir / "tokenizer") if (out_dir / "tokenizer").is_dir() else tokenizer
     return summary
 
@@ -56,6 +58,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
                    help="validation at step 0 and at the end (--no-eval for speed runs)")
+    p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the runs (default: torch's)")
     p.add_argument("--workdir", default=None, help="where the runs go (default: a temporary folder)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_ppl.json"))
     p.add_argument("train_args", nargs="*", help="extra hope train options (after --)")
@@ -75,7 +78,8 @@ def main():
 
     report = {"settings": {k: v for k, v in vars(args).items() if k != "out"},
               "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                          "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+                          "cpus": os.cpu_count(), "torch": torch.__version__,
+                          "load_average_at_end": os.getloadavg()},
               "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))

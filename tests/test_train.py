@@ -36,6 +36,16 @@ def tiny(levels=(SLOW, IN_CONTEXT)):
             "projection_chunk_size=16", "conv_size=2", f"cms_levels=[{', '.join(levels)}]"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny models gain nothing from a second thread, and on a busy 2-core machine two OpenMP threads per
+    process slow everything down many times over; the other test modules get their setting back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """Six documents of made-up sentences (about 90 KB) and a 300-token byte-level BPE trained on them once."""

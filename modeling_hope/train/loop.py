@@ -154,9 +154,12 @@ def finish(run: Run, step: int, stopped: str | None, evals: list, seconds: float
 
 
 def throughput(run: Run) -> float | None:
-    """Training tokens per second of this run (evaluation and checkpoint time excluded), from the log records."""
+    """Training tokens per second of this run (evaluation and checkpoint time excluded), from the log records;
+    the first record's interval (warm-up: first allocations, lazy initialisation) is left out when there are more."""
     records = [r for r in read_metrics(run.metrics.path) if "tokens_per_s" in r and r["step"] > run.start_step]
     tokens, seconds, previous = 0.0, 0.0, run.start_step
+    if len(records) > 2:
+        previous, records = records[0]["step"], records[1:]
     for r in records:
         n = (r["step"] - previous) * r["tokens"] / r["step"]
         tokens, seconds, previous = tokens + n, seconds + n / max(r["tokens_per_s"], 1e-9), r["step"]
