@@ -28,6 +28,9 @@ class HopeConfig(PreTrainedConfig):
         self_generated_values: each memory regresses onto its own `M(v_t)` (HOPE) instead of the plain `v_t`
             (Titans). Defaults to True for HOPE, False for Titans; `adaptive_projections=[]` with this False is
             exactly the Titans mixer.
+        value_norm: l2-normalise the values `v_t` as the keys are. Defaults to True with self-generated targets:
+            the target `M(v_t)` grows with the memory itself, and with `|v_t| > |k_t| = 1` the inner step
+            amplifies the weights instead of contracting them (the run-away seen when training at length 512).
         eta_max: upper bound of the inner learning rate `eta_t = eta_max * sigmoid(...)`.
         cms_levels: the CMS chain, one dict per level: `intermediate_size`, `period` (tokens between in-context
             updates, 0 = static), `lr` (in-context step size) and `outer_period` (optimizer steps between outer
@@ -64,6 +67,7 @@ class HopeConfig(PreTrainedConfig):
     use_weight_decay: bool = True
     adaptive_projections: list | None = None
     self_generated_values: bool | None = None
+    value_norm: bool | None = None
     eta_max: float = 0.5
     cms_levels: list | None = None
     memory_impl: str = "chunked"
@@ -79,6 +83,8 @@ class HopeConfig(PreTrainedConfig):
                 box for box in ADAPTIVE_CHOICES if box != "alpha" or self.use_weight_decay]
         if self.self_generated_values is None:
             self.self_generated_values = not is_titans
+        if self.value_norm is None:
+            self.value_norm = bool(self.self_generated_values)
         if self.cms_levels is None:
             self.cms_levels = [{"intermediate_size": 4 * self.hidden_size, "period": 0, "lr": 0.0, "outer_period": 1}]
         self.cms_levels = [dict({"period": 0, "lr": 0.0, "outer_period": 1}, **lvl) for lvl in self.cms_levels]

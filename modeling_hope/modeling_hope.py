@@ -71,7 +71,7 @@ class HopeMemoryMixer(nn.Module):
     """Self-modifying Titans (spec section 2), and the Titans LMM when no projection is adaptive.
 
     q_t = l2norm(silu(conv(x W_q))); u_box = conv(x W_box) for box in k, v, eta, alpha;
-    k = l2norm(M_k(u_k)), v = M_v(u_v), eta = eta_max sigmoid(w_eta . M_eta(u_eta) + b_eta),
+    k = l2norm(M_k(u_k)), v = l2norm(M_v(u_v)) (`value_norm`), eta = eta_max sigmoid(w_eta . M_eta(u_eta) + b_eta),
     alpha = sigmoid(w_alpha . M_alpha(u_alpha) + b_alpha) (static boxes skip their memory);
     every memory learns on ||M(k_t) - M(v_t)||^2 (or v_t for Titans) at the rate eta_t / C (C its chunk size: a
     chunk's updates are all taken at its start weights and add up); o_t = M_mem(q_t);
@@ -136,6 +136,8 @@ class HopeMemoryMixer(nn.Module):
     def _produce(self, outs):
         """Outputs of the k, v, eta, alpha boxes (B, 4, H, T, d) -> keys, values, eta, log_alpha."""
         keys, values = l2norm(outs[:, 0]), outs[:, 1]
+        if self.config.value_norm:
+            values = l2norm(values)
         eta_logit = (outs[:, 2] * self.eta_weight[:, None]).sum(-1) + self.eta_bias[:, None]
         eta = self.config.eta_max * torch.sigmoid(eta_logit)
         if self.config.use_weight_decay:

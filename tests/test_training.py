@@ -100,3 +100,22 @@ def test_memories_stay_finite_on_a_repeated_token(eta_bias):
     assert torch.isfinite(out.logits).all()
     weights = [t for layer in out.cache.layers for name, t in layer.tensors.items() if name.endswith(("W1", "W2"))]
     assert max(float(w.abs().max()) for w in weights) < 10
+
+
+@pytest.mark.parametrize("value_norm,scale,bounded", [(True, 1.0, True), (True, 10.0, True), (False, 10.0, False)])
+def test_large_values_do_not_run_away(value_norm, scale, bounded):
+    """The self-generated target M(v) grows with the memory; with |v| > |k| = 1 the inner step amplifies the weights.
+    This is the divergence seen training hope-5m at length 512 (|v| reached 6, then 1e14 within one sequence).
+    l2-normalised values (`value_norm`, the default) keep the memories bounded however large the v projection."""
+    config = tiny_config(hidden_size=32, memory_chunk_size=16, projection_chunk_size=16, value_norm=value_norm)
+    model = build(config, seed=0)
+    d = config.hidden_size
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mixer.eta_bias.fill_(10.0)  # eta at eta_max
+            layer.mixer.in_proj.weight[2 * d:3 * d] *= scale  # the v box's input projection (q, k, v, eta, alpha)
+        ids = torch.randint(2, config.vocab_size, (2, 1024), generator=torch.Generator().manual_seed(0))
+        out = model(ids, use_cache=True)
+    weights = [t for layer in out.cache.layers for name, t in layer.tensors.items() if name.endswith(("W1", "W2"))]
+    largest = max(float(w.abs().max()) for w in weights)
+    assert (torch.isfinite(out.logits).all() and largest < 10) == bounded, largest
