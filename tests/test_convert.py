@@ -13,6 +13,7 @@
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -252,10 +253,14 @@ def test_refusals_leave_no_output(root, tokenizer, sources, tmp_path, capsys):
     save_source(tmp_path / "swa", tokenizer, "mistral", sliding_window=8)
     save_source(tmp_path / "headdim", tokenizer, head_dim=16)  # 4 heads of 16 on a hidden size of 32
     src, dst = str(root / "src-llama"), tmp_path / "out" / "dst"
+    shutil.copytree(src, tmp_path / "liar")  # a config that does not match its weights
+    config = json.loads((tmp_path / "liar" / "config.json").read_text())
+    (tmp_path / "liar" / "config.json").write_text(json.dumps({**config, "intermediate_size": 40}))
     dst.parent.mkdir()
     refused(["llama-to-hope", str(gpt2), str(dst)], capsys, "unknown architecture: model_type='gpt2'", dst)
     refused(["llama-to-hope", str(tmp_path / "swa"), str(dst)], capsys, "sliding-window attention", dst)
     refused(["llama-to-hope", str(tmp_path / "headdim"), str(dst)], capsys, "mismatched shapes: head_dim=16", dst)
+    refused(["llama-to-hope", str(tmp_path / "liar"), str(dst)], capsys, "do not load (mismatched shapes", dst)
     refused(["llama-to-hope", str(tmp_path / "nope"), str(dst)], capsys, "no such folder", dst)
     refused(["llama-to-hope", str(tmp_path), str(dst)], capsys, "no config.json", dst)
     refused(["llama-to-hope", src, str(dst), "--levels", "size=999"], capsys, "wider than the pretrained MLP", dst)
@@ -266,7 +271,7 @@ def test_refusals_leave_no_output(root, tokenizer, sources, tmp_path, capsys):
     assert convert_main(["llama-to-hope", str(tmp_path / "swa"), str(tmp_path / "titans"), "--mixer",
                          "self_modifying_titans"]) == 0
     # an existing DST is left alone unless --overwrite
-    (dst).mkdir()
+    dst.mkdir()
     (dst / "keep.txt").write_text("mine")
     assert convert_main(["llama-to-hope", src, str(dst)]) == 2
     assert "already exists" in capsys.readouterr().err and (dst / "keep.txt").read_text() == "mine"

@@ -76,10 +76,15 @@ def convert_llama(src: str, dst, levels=None, mixer_type: str = "attention", dty
     t0 = time.perf_counter()
     config = load_source_config(src, mixer_type, levels)
     tokenizer = load_tokenizer(src)
-    source = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype) if dtype else "auto")
+    try:
+        source = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype) if dtype else "auto")
+    except (OSError, RuntimeError, ValueError) as err:  # e.g. weights whose shapes do not match the config
+        raise ValueError(f"the weights of {src} do not load (mismatched shapes? see the report above): "
+                         f"{type(err).__name__}: {err}") from None
+    t_load = time.perf_counter()
     model = llama_to_hope(source, levels, mixer_type)
     del source
-    t_convert = time.perf_counter() - t0
+    t_convert = time.perf_counter()
     exact = mixer_type == "attention" and is_logit_preserving(levels, config.intermediate_size)
     card = model_card(model, f"{Path(str(src).rstrip('/')).name} as HOPE",
                       "A pretrained Llama-family model turned into HOPE (Nested Learning, Behrouz et al., "
@@ -88,9 +93,11 @@ def convert_llama(src: str, dst, levels=None, mixer_type: str = "attention", dty
                       base_model=None if Path(src).expanduser().exists() else src)
     save_hub_folder(model, dst, tokenizer=tokenizer, card=card, replace=overwrite,
                     max_shard_size=max_shard_size or DEFAULT_MAX_SHARD_SIZE)
+    t_save = time.perf_counter()
     files = sorted(p.name for p in dst.iterdir())
     return {"src": src, "dst": str(dst), "source_model_type": config.model_type, "mixer_type": mixer_type,
             "dtype": str(model.dtype).removeprefix("torch."), "levels": model.config.cms_levels,
             "logit_preserving": exact, "tokenizer": tokenizer is not None,
             "parameters": sum(p.numel() for p in model.parameters()), "files": files,
-            "load_and_convert_s": round(t_convert, 3), "total_s": round(time.perf_counter() - t0, 3)}
+            "seconds": {"load": round(t_load - t0, 3), "convert": round(t_convert - t_load, 3),
+                        "save": round(t_save - t_convert, 3), "total": round(t_save - t0, 3)}}
