@@ -96,4 +96,5 @@ def training_card(model, run_dir, step: int | None = None) -> str:
     kind = "HOPE" if getattr(model.config, "model_type", None) == "hope" else "Llama (Transformer++ baseline)"
     intro = (f"A {kind} language model trained from scratch with the `hope` package "
              "(Nested Learning, Behrouz et al., NeurIPS 2025).")
-    return model_card(model, run_dir.name or "model", intro, sections)
+    title = run_dir.name or "model"
+    return model_card(model, f"{title} (step {step})" if step is not None else title, intro, sections)
