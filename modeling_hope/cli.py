@@ -7,6 +7,8 @@ COMMANDS = {
     "train": ("modeling_hope.train.cli", "train a HOPE (or its Llama twin) with Accelerate"),
     "eval": ("modeling_hope.eval.cli", "run the paper's benchmark suite through lm-eval-harness"),
     "main-job": ("modeling_hope.main_job", "train a small HOPE on the built-in data, evaluate it, generate text"),
+    "convert": ("modeling_hope.convert.cli", "Llama-family models into HOPE; training checkpoints into Hub folders"),
+    "push": ("modeling_hope.convert.push", "upload a Hub-ready folder to the Hugging Face Hub"),
 }
 
 

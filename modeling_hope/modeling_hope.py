@@ -206,8 +206,12 @@ class HopeAttention(nn.Module):
         self.k_proj = nn.Linear(d, Hkv * self.head_dim, bias=False)
         self.v_proj = nn.Linear(d, Hkv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(H * self.head_dim, d, bias=False)
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.rope_theta = config.rope_theta
+        self.register_buffer("inv_freq", self.rope_frequencies(), persistent=False)
+
+    def rope_frequencies(self):
+        d = self.head_dim
+        return 1.0 / (self.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float) / d))
 
     def init_state(self, batch_size: int) -> dict:
         w = self.k_proj.weight
@@ -312,6 +316,10 @@ class HopePreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, HopeRMSNorm):
             init.ones_(module.weight)
+        elif isinstance(module, HopeAttention):
+            # a non-persistent buffer: from_pretrained builds the model on the meta device and leaves it
+            # uninitialised unless it is set here (as transformers does for its RotaryEmbedding modules)
+            init.copy_(module.inv_freq, module.rope_frequencies())
         elif isinstance(module, ShortConv):
             init.normal_(module.weight, mean=0.0, std=1.0 / math.sqrt(module.weight.shape[1]))
         elif isinstance(module, HopeMemoryMixer):

@@ -60,6 +60,16 @@ def build(config, seed: int = 0, dtype=torch.float32):
     return HopeForCausalLM(config).to(dtype).eval()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of many tiny in-process runs: they gain nothing from a second thread, and on a busy 2-core
+    machine two OpenMP threads per process slow everything down many times over; the setting is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny():
     return tiny_config

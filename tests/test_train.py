@@ -36,14 +36,7 @@ def tiny(levels=(SLOW, IN_CONTEXT)):
             "projection_chunk_size=16", "conv_size=2", f"cms_levels=[{', '.join(levels)}]"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models gain nothing from a second thread, and on a busy 2-core machine two OpenMP threads per
-    process slow everything down many times over; the other test modules get their setting back."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one thread for this module's runs
 
 
 @pytest.fixture(scope="module")
