@@ -220,12 +220,11 @@ def chunked_memory_scan(state, queries, keys, values, eta, log_alpha, log_beta, 
     (q, k, v), active = _slots((queries, keys, values), counts, lengths, chunk, 2)
     (eta_s, la_s), _ = _slots((eta * lr_scale, log_alpha), counts, lengths, chunk, 2)
     outs = []
-    for c0 in range(0, q.shape[2], chunk):
-        sl = slice(c0, c0 + chunk)
-        act_f, eta_c, la_c = _masked_chunk_inputs(active[:, sl], eta_s[..., sl], la_s[..., sl])
-        targets = memory_read(v[:, :, sl], state.W1_eval, state.W2_eval, act) if self_generated else v[:, :, sl]
-        out, state = chunk_step(state, k[:, :, sl], targets, eta_c, la_c, log_beta, act_f, active[:, c0 + chunk - 1],
-                                act, dgd, queries=q[:, :, sl])
+    for q_c, k_c, v_c, eta_c, la_c, active_c in zip(*_chunks((q, k, v, eta_s, la_s, active), chunk)):
+        act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta_c, la_c)
+        targets = memory_read(v_c, state.W1_eval, state.W2_eval, act) if self_generated else v_c
+        out, state = chunk_step(state, k_c, targets, eta_c, la_c, log_beta, act_f, active_c[:, -1], act, dgd,
+                                queries=q_c)
         outs.append(out)
     return from_slots(torch.cat(outs, 2), counts, T, chunk, 2), state
 
@@ -243,20 +242,18 @@ def chunked_projection_scan(state, inputs, adaptive, produce, log_beta, mask, co
     sel = torch.tensor(adaptive, device=inputs.device)
     G = int(sel.sum()) * H
     results = []
-    for c0 in range(0, x.shape[3], chunk):
-        sl = slice(c0, c0 + chunk)
-        u = x[..., sl, :]
+    for u, active_c in zip(x.split(chunk, 3), active.split(chunk, 1)):
         mem_in = u[:, sel].reshape(B, G, chunk, d)
         mem_out = memory_read(mem_in, state.W1_eval, state.W2_eval, act).view(B, -1, H, chunk, d)
         outs = u.clone()
         outs[:, sel] = mem_out
         keys, values, eta, log_alpha = produce(outs)
         results.append((keys, values, eta, log_alpha))
-        act_f, eta_c, la_c = _masked_chunk_inputs(active[:, sl], eta * lr_scale, log_alpha)
+        act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta * lr_scale, log_alpha)
         k_g, v_g = _expand_groups(keys, G), _expand_groups(values, G)
         targets = memory_read(v_g, state.W1_eval, state.W2_eval, act) if self_generated else v_g
         _, state = chunk_step(state, k_g, targets, _expand_groups(eta_c, G), _expand_groups(la_c, G), log_beta,
-                              act_f, active[:, c0 + chunk - 1], act, dgd)
+                              act_f, active_c[:, -1], act, dgd)
     produced = [from_slots(torch.cat(parts, 2), counts, T, chunk, 2) for parts in zip(*results)]
     return (*produced, state)
 
@@ -275,24 +272,27 @@ def chunked_fused_scan(state, queries, inputs, adaptive, produce, log_beta, mask
     sel = torch.tensor(adaptive, device=inputs.device)
     n_adaptive = int(sel.sum())
     outs = []
-    for c0 in range(0, x.shape[3], chunk):
-        sl = slice(c0, c0 + chunk)
-        u = x[..., sl, :]
+    for u, q_c, active_c in zip(x.split(chunk, 3), q[:, 0].split(chunk, 2), active.split(chunk, 1)):
         produced = u
         if n_adaptive:
             produced = u.clone()
             produced[:, sel] = memory_read(u[:, sel], state.W1_eval[:, :n_adaptive], state.W2_eval[:, :n_adaptive], act)
         keys, values, eta, log_alpha = produce(produced)
-        act_f, eta_c, la_c = _masked_chunk_inputs(active[:, sl], eta * lr_scale, log_alpha)
+        act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta * lr_scale, log_alpha)
         values = values[:, None]
         factors = inner_update_factors(keys[:, None], None if self_generated else values, state.W1_eval,
                                        state.W2_eval, act, dgd, values=values if self_generated else None)
         coefficients = [t if t is None else t[:, None] for t in chunk_coefficients(eta_c, la_c, log_beta, act_f)]
         mem = FastWeights(*(t[:, -1] for t in state))
-        outs.append(dual_read(mem, q[:, 0, :, sl], [f[:, -1] for f in factors], [t[:, 0] for t in coefficients[:3]],
-                              act))
-        state = end_state(state, factors, coefficients, active[:, c0 + chunk - 1])
+        outs.append(dual_read(mem, q_c, [f[:, -1] for f in factors], [t[:, 0] for t in coefficients[:3]], act))
+        state = end_state(state, factors, coefficients, active_c[:, -1])
     return from_slots(torch.cat(outs, 2), counts, T, chunk, 2), state
+
+
+def _chunks(tensors, chunk):
+    """Each (B, ..., S) or (B, ..., S, d) slot tensor cut into its chunks along the slot axis. One split instead of a
+    slice per chunk: the backward of a slice writes into a zero tensor of the full length, once per chunk."""
+    return [t.split(chunk, t.dim() - (2 if t.dim() == 4 else 1)) for t in tensors]
 
 
 def _slots(tensors, counts, lengths, chunk, dim):
