@@ -58,6 +58,7 @@ REMOTE_SCRIPT = textwrap.dedent("""
     sys.modules["modeling_hope"] = None  # the installed package must not be used: only the folder's code
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
     folder = sys.argv[1]
+    torch.set_num_threads(int(sys.argv[4]))  # as many as the parent: bit-equal logits need the same reductions
     try:
         AutoModelForCausalLM.from_pretrained(folder)
         raise SystemExit("loaded without trust_remote_code")
@@ -89,7 +90,7 @@ def test_remote_code_in_a_fresh_process(saved, tmp_path):
     script.write_text(REMOTE_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, str(script), str(folder), json.dumps(ids.tolist()),
-                             str(tmp_path / "logits.pt")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             str(tmp_path / "logits.pt"), str(torch.get_num_threads())], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "REMOTE OK" in result.stdout
