@@ -64,3 +64,25 @@ def test_in_context_level_changes_the_output():
         diff = (learning(ids).logits - frozen(ids).logits).abs().amax(-1)
     assert diff[:, :4].max() == 0
     assert (diff[:, 4:] > 1e-6).all()
+
+
+@pytest.mark.parametrize("mixer", ["self_modifying_titans", "titans", "attention"])
+def test_decoding_state_size_does_not_grow_with_context(mixer):
+    """The memories' state is fixed-size: decoding keeps the same bytes after 8 tokens and after 200 (the attention
+    mixer's KV cache, the control, grows by one key and value per token and layer)."""
+    from conftest import tiny_config
+
+    config = tiny_config(mixer_type=mixer, cms_levels=[{"intermediate_size": 24}, {"intermediate_size": 8, "period": 5,
+                                                                                    "lr": 0.1}])
+    model = build(config)
+    ids = torch.randint(2, config.vocab_size, (2, 200), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cache = model(ids[:, :8], use_cache=True).cache
+        short = cache.nbytes()
+        for t in range(8, 200):
+            cache = model(ids[:, t:t + 1], cache=cache, use_cache=True).cache
+    kv_growth = 2 * config.num_hidden_layers * 2 * config.hidden_size * 4 * 192  # K and V, float32, 192 tokens
+    if mixer == "attention":
+        assert cache.nbytes() - short >= kv_growth
+    else:
+        assert cache.nbytes() == short
