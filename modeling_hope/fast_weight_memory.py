@@ -89,26 +89,47 @@ def step_scale_w2(dh, W1):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def to_slots(x, counts, lengths, chunk: int, dim: int = 2):
-    """Place compacted tokens at slot `counts % chunk + j` (padded to whole chunks). Returns (slots, active)."""
+class SlotGrid(NamedTuple):
+    """Row b's compacted token j sits at slot `offset_b + j` (offset_b = counts_b % chunk), so that chunk boundaries,
+    multiples of `chunk` in every row's own count, fall on shared slots. Only the slots `start..stop` that hold some
+    row's token are kept (a decoded token costs one slot, not a chunk); `sizes` cuts them at the chunk boundaries and
+    `ends[i]` says whether piece i ends on one."""
+
+    offset: torch.Tensor
+    lengths: torch.Tensor
+    start: int
+    stop: int
+    sizes: list
+    ends: list
+
+
+def slot_grid(counts, lengths, chunk: int) -> SlotGrid:
     offset = counts % chunk
-    n_slots = max(int((offset + lengths).max()), 1)
-    n_slots = -(-n_slots // chunk) * chunk
-    j = torch.arange(n_slots, device=x.device)[None, :] - offset[:, None]  # (B, S)
-    active = (j >= 0) & (j < lengths[:, None])
-    idx = j.clamp(0, x.shape[dim] - 1)
+    start = int(offset.min())
+    stop = max(int((offset + lengths).max()), start + 1)
+    edges = [start, *range(chunk, stop, chunk), stop]  # start < chunk: every multiple of chunk below stop is inside
+    return SlotGrid(offset, lengths, start, stop, [b - a for a, b in zip(edges, edges[1:])],
+                    [b % chunk == 0 for b in edges[1:]])
+
+
+def to_slots(x, grid: SlotGrid, dim: int = 2):
+    """Place compacted tokens (along `dim`) at their slots. Returns (slots, active (B, S))."""
+    j = torch.arange(grid.start, grid.stop, device=x.device)[None, :] - grid.offset[:, None]  # (B, S)
+    active = (j >= 0) & (j < grid.lengths[:, None])
+    return _gather(x, j.clamp(0, x.shape[dim] - 1), dim), active
+
+
+def from_slots(y, grid: SlotGrid, length: int, dim: int = 2):
+    """Inverse of `to_slots` for the first `length` compacted positions."""
+    j = torch.arange(length, device=y.device)[None, :] + (grid.offset - grid.start)[:, None]
+    return _gather(y, j.clamp(0, y.shape[dim] - 1), dim)
+
+
+def _gather(x, idx, dim):
+    """x[b, ..., idx[b, j], ...] along `dim`; idx (B, J)."""
     shape = [1] * x.dim()
     shape[0], shape[dim] = idx.shape
-    idx = idx.view(shape).expand(*x.shape[:dim], n_slots, *x.shape[dim + 1:])
-    return x.gather(dim, idx), active
-
-
-def from_slots(y, counts, length: int, chunk: int, dim: int = 2):
-    """Inverse of `to_slots` for the first `length` compacted positions."""
-    j = (torch.arange(length, device=y.device)[None, :] + (counts % chunk)[:, None]).clamp(max=y.shape[dim] - 1)
-    shape = [1] * y.dim()
-    shape[0], shape[dim] = j.shape
-    return y.gather(dim, j.view(shape).expand(*y.shape[:dim], length, *y.shape[dim + 1:]))
+    return x.gather(dim, idx.view(shape).expand(*x.shape[:dim], idx.shape[1], *x.shape[dim + 1:]))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -217,16 +238,18 @@ def chunked_memory_scan(state, queries, keys, values, eta, log_alpha, log_beta, 
     T = queries.shape[2]
     lengths = mask.sum(-1)
     state = _restart_at_boundary(state, counts, chunk)
-    (q, k, v), active = _slots((queries, keys, values), counts, lengths, chunk, 2)
-    (eta_s, la_s), _ = _slots((eta * lr_scale, log_alpha), counts, lengths, chunk, 2)
+    grid = slot_grid(counts, lengths, chunk)
+    (q, k, v), active = _slots((queries, keys, values), grid, 2)
+    (eta_s, la_s), _ = _slots((eta * lr_scale, log_alpha), grid, 2)
     outs = []
-    for q_c, k_c, v_c, eta_c, la_c, active_c in zip(*_chunks((q, k, v, eta_s, la_s, active), chunk)):
+    pieces = zip(*_chunks((q, k, v, eta_s, la_s, active), grid.sizes), grid.ends)
+    for q_c, k_c, v_c, eta_c, la_c, active_c, ends in pieces:
         act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta_c, la_c)
         targets = memory_read(v_c, state.W1_eval, state.W2_eval, act) if self_generated else v_c
-        out, state = chunk_step(state, k_c, targets, eta_c, la_c, log_beta, act_f, active_c[:, -1], act, dgd,
-                                queries=q_c)
+        out, state = chunk_step(state, k_c, targets, eta_c, la_c, log_beta, act_f, active_c[:, -1] & ends, act,
+                                dgd, queries=q_c)
         outs.append(out)
-    return from_slots(torch.cat(outs, 2), counts, T, chunk, 2), state
+    return from_slots(torch.cat(outs, 2), grid, T, 2), state
 
 
 def chunked_projection_scan(state, inputs, adaptive, produce, log_beta, mask, counts, chunk, act, dgd,
@@ -238,13 +261,15 @@ def chunked_projection_scan(state, inputs, adaptive, produce, log_beta, mask, co
     B, P, H, T, d = inputs.shape
     lengths = mask.sum(-1)
     state = _restart_at_boundary(state, counts, chunk)
-    x, active = to_slots(inputs, counts, lengths, chunk, 3)
+    grid = slot_grid(counts, lengths, chunk)
+    x, active = to_slots(inputs, grid, 3)
     sel = torch.tensor(adaptive, device=inputs.device)
     G = int(sel.sum()) * H
     results = []
-    for u, active_c in zip(x.split(chunk, 3), active.split(chunk, 1)):
-        mem_in = u[:, sel].reshape(B, G, chunk, d)
-        mem_out = memory_read(mem_in, state.W1_eval, state.W2_eval, act).view(B, -1, H, chunk, d)
+    for u, active_c, ends in zip(x.split(grid.sizes, 3), active.split(grid.sizes, 1), grid.ends):
+        n = u.shape[3]
+        mem_in = u[:, sel].reshape(B, G, n, d)
+        mem_out = memory_read(mem_in, state.W1_eval, state.W2_eval, act).view(B, -1, H, n, d)
         outs = u.clone()
         outs[:, sel] = mem_out
         keys, values, eta, log_alpha = produce(outs)
@@ -253,8 +278,8 @@ def chunked_projection_scan(state, inputs, adaptive, produce, log_beta, mask, co
         k_g, v_g = _expand_groups(keys, G), _expand_groups(values, G)
         targets = memory_read(v_g, state.W1_eval, state.W2_eval, act) if self_generated else v_g
         _, state = chunk_step(state, k_g, targets, _expand_groups(eta_c, G), _expand_groups(la_c, G), log_beta,
-                              act_f, active_c[:, -1], act, dgd)
-    produced = [from_slots(torch.cat(parts, 2), counts, T, chunk, 2) for parts in zip(*results)]
+                              act_f, active_c[:, -1] & ends, act, dgd)
+    produced = [from_slots(torch.cat(parts, 2), grid, T, 2) for parts in zip(*results)]
     return (*produced, state)
 
 
@@ -268,11 +293,13 @@ def chunked_fused_scan(state, queries, inputs, adaptive, produce, log_beta, mask
     B, _, H, T, d = inputs.shape
     lengths = mask.sum(-1)
     state = _restart_at_boundary(state, counts, chunk)
-    (x, q), active = _slots((inputs, queries[:, None]), counts, lengths, chunk, 3)
+    grid = slot_grid(counts, lengths, chunk)
+    (x, q), active = _slots((inputs, queries[:, None]), grid, 3)
     sel = torch.tensor(adaptive, device=inputs.device)
     n_adaptive = int(sel.sum())
     outs = []
-    for u, q_c, active_c in zip(x.split(chunk, 3), q[:, 0].split(chunk, 2), active.split(chunk, 1)):
+    pieces = zip(x.split(grid.sizes, 3), q[:, 0].split(grid.sizes, 2), active.split(grid.sizes, 1), grid.ends)
+    for u, q_c, active_c, ends in pieces:
         produced = u
         if n_adaptive:
             produced = u.clone()
@@ -285,18 +312,18 @@ def chunked_fused_scan(state, queries, inputs, adaptive, produce, log_beta, mask
         coefficients = [t if t is None else t[:, None] for t in chunk_coefficients(eta_c, la_c, log_beta, act_f)]
         mem = FastWeights(*(t[:, -1] for t in state))
         outs.append(dual_read(mem, q_c, [f[:, -1] for f in factors], [t[:, 0] for t in coefficients[:3]], act))
-        state = end_state(state, factors, coefficients, active_c[:, -1])
-    return from_slots(torch.cat(outs, 2), counts, T, chunk, 2), state
+        state = end_state(state, factors, coefficients, active_c[:, -1] & ends)
+    return from_slots(torch.cat(outs, 2), grid, T, 2), state
 
 
-def _chunks(tensors, chunk):
-    """Each (B, ..., S) or (B, ..., S, d) slot tensor cut into its chunks along the slot axis. One split instead of a
-    slice per chunk: the backward of a slice writes into a zero tensor of the full length, once per chunk."""
-    return [t.split(chunk, t.dim() - (2 if t.dim() == 4 else 1)) for t in tensors]
+def _chunks(tensors, sizes):
+    """Each (B, ..., S) or (B, ..., S, d) slot tensor cut into its pieces along the slot axis. One split instead of a
+    slice per piece: the backward of a slice writes into a zero tensor of the full length, once per piece."""
+    return [t.split(sizes, t.dim() - (2 if t.dim() == 4 else 1)) for t in tensors]
 
 
-def _slots(tensors, counts, lengths, chunk, dim):
-    out = [to_slots(t, counts, lengths, chunk, dim) for t in tensors]
+def _slots(tensors, grid, dim):
+    out = [to_slots(t, grid, dim) for t in tensors]
     return [o[0] for o in out], out[0][1]
 
 
