@@ -451,8 +451,11 @@ class HopeModel(HopePreTrainedModel):
             self._learn_pending(cache, ids_r[:, 0], take > 0, teach_signal)
             h, records = self._layers(gather_rows(x, idx), rmask, cache)
             targets = torch.where(j[None] + 1 < take[:, None], ids_r.roll(-1, 1), -100)
-            with torch.no_grad():
-                delta = teach_signal(h.detach(), targets)
+            if bool((targets != -100).any()):
+                with torch.no_grad():
+                    delta = teach_signal(h.detach(), targets)
+            else:  # e.g. one decoded token: its target comes with the next call (pending)
+                delta = torch.zeros_like(h.detach())
             self._learn(cache, records, delta, take, h.detach())
             out_idx.append(torch.where(rmask, idx, L))  # pads of the round go to a dropped extra column
             out_h.append(h)
