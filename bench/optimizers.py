@@ -133,6 +133,36 @@ def run(name, args, batches, val, vocab, budget_s):
     return {"lr": args.lr.get(name, LR[name]), **out, "train_loss": losses}
 
 
+def step_times(args, vocab, names):
+    """Time of `optimizer.step()` alone, each optimizer on its own copy of the model with fixed gradients (of one
+    random sequence of 64 tokens: the shapes, not the values, set the cost), interleaved round-robin over
+    --step-times rounds after one warm-up step, so that load from other jobs falls on all of them alike."""
+    gen = torch.Generator().manual_seed(args.seed)
+    x = torch.randint(vocab, (1, 64), generator=gen)
+    opts = {}
+    for name in names:
+        torch.manual_seed(args.seed)
+        model = MODELS[args.model](vocab)
+        extra = {} if name == "adamw" else {"adamw_lr": args.adamw_lr}
+        opts[name] = build_optimizer(model, name, args.lr.get(name, LR[name]), weight_decay=args.weight_decay,
+                                     **extra)
+        model(input_ids=x, labels=x, use_cache=False).loss.backward()
+        opts[name].step()  # warm-up: state allocation and first-call costs
+    times = {name: [] for name in names}
+    for _ in range(args.step_times):
+        for name, opt in opts.items():
+            t0 = time.perf_counter()
+            opt.step()
+            times[name].append(1e3 * (time.perf_counter() - t0))
+    out = {}
+    for name, ms in times.items():
+        ms = sorted(ms)
+        out[name] = {"median_ms": ms[len(ms) // 2], "min_ms": ms[0], "all_ms": [round(t, 2) for t in ms]}
+    for r in out.values():
+        r["median_vs_adamw"] = r["median_ms"] / out["adamw"]["median_ms"]
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="llama-tiny", choices=sorted(MODELS))
@@ -150,6 +180,8 @@ def main(argv=None):
     p.add_argument("--val-batches", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--step-times", type=int, default=0, metavar="ROUNDS",
+                   help="instead of training: time optimizer.step() alone, interleaved over ROUNDS rounds")
     p.add_argument("--note", default="", help="free text stored in the JSON (e.g. that the machine was shared)")
     p.add_argument("--verbose", action="store_true", help="print every step's loss and time")
     p.add_argument("--out", help="write the JSON here (it is always printed)")
@@ -158,8 +190,24 @@ def main(argv=None):
     args.vocab = args.vocab or DEFAULT_VOCAB[args.model]
     torch.set_num_threads(args.threads)
     load_before, t_start = os.getloadavg(), time.time()
-    batches, val, vocab, data_info = DATA[args.data](args)
     names = ["adamw"] + [n for n in args.optimizers if n != "adamw"]
+    environment = lambda: {"torch": torch.__version__, "python": platform.python_version(),  # noqa: E731
+                           "platform": platform.platform(), "machine": platform.machine(),
+                           "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+                           "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                           "wall_s_total": time.time() - t_start}
+    if args.step_times:
+        out = step_times(args, args.vocab, names)
+        print(f"{'optimizer':<24}{'median ms':>11}{'min ms':>9}{'x AdamW':>9}")
+        for n, r in out.items():
+            print(f"{n:<24}{r['median_ms']:>11.1f}{r['min_ms']:>9.1f}{r['median_vs_adamw']:>9.1f}")
+        report = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "environment": environment(),
+                  "optimizer_step": out}
+        if args.out:
+            with open(args.out, "w") as fh:
+                json.dump(report, fh, indent=2)
+        return 0
+    batches, val, vocab, data_info = DATA[args.data](args)
     results = {"adamw": run("adamw", args, batches, val, vocab, math.inf)}
     budget = results["adamw"]["train_s"]
     results["adamw"].update(val_loss_at_time=results["adamw"]["val_loss_at_steps"], steps_at_time=args.steps)
@@ -177,13 +225,9 @@ def main(argv=None):
               f"{r['steps_at_time']:>12}{r['step_ms']:>9.2f}{r['step_overhead_vs_adamw']:>+10.1%}")
     config = {k: v for k, v in vars(args).items() if k != "out"}
     model = MODELS[args.model](vocab)
-    environment = {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-                   "machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-                   "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-                   "wall_s_total": time.time() - t_start}
     report = {"config": config, "model": {"name": args.model, "parameters": sum(p.numel() for p in model.parameters()),
                                           "vocab": vocab},
-              "data": data_info, "tokens_per_step": args.batch * args.seq, "environment": environment,
+              "data": data_info, "tokens_per_step": args.batch * args.seq, "environment": environment(),
               "time_budget_s": budget, "results": results}
     if args.out:
         with open(args.out, "w") as fh:
