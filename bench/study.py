@@ -379,7 +379,8 @@ def run_arm(name: str, args, study: dict, shared: dict, work: Path, results: Pat
     if dest.is_file():
         old = json.loads(dest.read_text())
         if old.get("study") != study:
-            diff = sorted(k for k in set(old.get("study", {})) | set(study) if old.get("study", {}).get(k) != study.get(k))
+            before = old.get("study", {})
+            diff = sorted(k for k in set(before) | set(study) if before.get(k) != study.get(k))
             raise SystemExit(f"[study] {dest} was made with other settings ({', '.join(diff)}); use another --results "
                              f"(and --work) folder, or delete it to redo the arm")
         print(f"[study] {name}: done ({dest}), skipped", flush=True)
@@ -466,9 +467,10 @@ def main(argv=None) -> int:
         for name in ARMS:
             m = arm_model(name, args.preset)
             adj = m["width_adjustment"]
+            note = f"  [static CMS width {adj['intermediate_size_from']} -> {adj['intermediate_size_to']}: " \
+                   f"{adj['reason']}]" if adj else ""
             print(f"{name:22s} {m['parameters']:>12,d} ({100 * m['parameters_vs_hope']:+.2f}%)  {m['model']} "
-                  f"{json.dumps(m['model_kwargs'])}" + (f"  [static CMS width {adj['intermediate_size_from']} -> "
-                                                         f"{adj['intermediate_size_to']}: {adj['reason']}]" if adj else ""))
+                  f"{json.dumps(m['model_kwargs'])}{note}")
         return 0
     if args.command == "report":
         section = study_report.render(args.results, figures_dir=args.doc.parent / "figures")

@@ -256,7 +256,13 @@ def _not_run() -> str:
         "", "```bash", RUN_COMMAND, "```", "",
         "It writes one JSON per arm to `bench/results/study/` and regenerates this section from them "
         "(`PYTHONPATH=. python bench/study.py report`). For a larger rerun (e.g. on a GPU) change only `--preset` "
-        "and `--tokens`, e.g. `" + RUN_COMMAND + " --preset hope-20m --tokens 20000000`.", ""]).rstrip("\n") + "\n"
+        "and `--tokens`, e.g. `" + RUN_COMMAND + " --preset hope-20m --tokens 20000000`.", "",
+        "Expected cost on the project's 2-core CPU (measured with other jobs on the cores, one thread, hope-5m, "
+        "8 x 512 tokens per step, forward + backward + AdamW): HOPE and its ablations about 380 tokens/s, Titans "
+        "480, Hope-Attention 800, the Llama twin 1160; 3M tokens per arm is then about 22 hours of training for "
+        "the 12 arms, and the full lm-eval suite about 3 hours more per HOPE-type arm (extrapolated from 20-item "
+        "runs; HellaSwag is about half of it), some 40-50 hours in all. A single GPU does it in a small fraction of that; `--tasks` restricts the "
+        "suite.", ""]).rstrip("\n") + "\n"
 
 
 def render(results_dir, figures_dir=None) -> str:
@@ -281,7 +287,8 @@ def render(results_dir, figures_dir=None) -> str:
         lines += [f"**Below the issue's scale**: {s['tokens_trained']:,d} training tokens per arm (the issue asks "
                   f"for at least 3,000,000). These numbers only show that the pipeline runs.", ""]
     lines += ["### Setup", "",
-              f"- Preset `{s['preset']}`; every arm within {max(abs(r['parameters_vs_hope']) for r in records.values()) * 100:.1f}% "
+              f"- Preset `{s['preset']}`; every arm within "
+              f"{max(abs(r['parameters_vs_hope']) for r in records.values()) * 100:.1f}% "
               f"of HOPE's {first['parameters_hope']:,d} parameters (table below; widened static CMS levels are noted).",
               f"- Data: `{Path(s['data']).name}` ({s['data']}), {100 * s['val_fraction']:.0f}% of the books held out "
               f"by the trainer's split (validation: {s['val_blocks']} blocks of {s['seq_len']} tokens)"
@@ -327,7 +334,8 @@ def render(results_dir, figures_dir=None) -> str:
     hope_loss = records.get("hope", {}).get("final_val_loss")
     head = ["Variant", "ppl↓ (mean Wiki, LMB)", "acc↑ (avg)", "Val loss", "Δ val loss vs HOPE", "paper ppl",
             "paper acc", "paper direction"]
-    lines += ["### Ablations (the paper's Table 6 layout)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["### Ablations (the paper's Table 6 layout)", "", "| " + " | ".join(head) + " |",
+              "|" + "---|" * len(head)]
     for arm in ABLATIONS:
         r = records.get(arm)
         pp, pa = PAPER_ABLATION[arm]
