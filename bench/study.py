@@ -350,13 +350,14 @@ def _curves(metrics_path: Path) -> tuple[list, list, float | None]:
     return val, train, (tokens / seconds if seconds else None)
 
 
-def arm_json(name: str, study: dict, model: dict, shared: dict, summary: dict, arm_dir: Path, evals: dict) -> dict:
+def arm_json(name: str, study: dict, model: dict, shared: dict, summary: dict, arm_dir: Path, evals: dict,
+             driver: str) -> dict:
     out = arm_dir / "train"
     resolved = json.loads((out / "config.json").read_text())
     val, train_curve, speed = _curves(out / "metrics.jsonl")
     invocations = [json.loads(line) for line in (arm_dir / "train_invocations.jsonl").read_text().splitlines()]
     return {"schema": SCHEMA, "arm": name, "label": ARMS[name]["label"], "group": ARMS[name]["group"],
-            "study": study, "tokenizer_fingerprint": shared["tokenizer_fingerprint"],
+            "study": study, "driver_command": driver, "tokenizer_fingerprint": shared["tokenizer_fingerprint"],
             "arch": model["arch"], "model": model["model"], "model_kwargs": model["model_kwargs"],
             "width_adjustment": model["width_adjustment"], "config": resolved["model"],
             "parameters": resolved["parameters"], "parameters_hope": model["parameters_hope"],
@@ -395,7 +396,7 @@ def run_arm(name: str, args, study: dict, shared: dict, work: Path, results: Pat
     evals = {"ood": stage_ood(study, arm_dir, args.benchdata),
              "lm_eval": stage_lm_eval(study, arm_dir, args.benchdata, args.eval_batch_size),
              **stage_long_context(study, arm_dir, shared)}
-    record = arm_json(name, study, model, shared, summary, arm_dir, evals)
+    record = arm_json(name, study, model, shared, summary, arm_dir, evals, args.driver_command)
     results.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
@@ -458,8 +459,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def driver_command(argv: list[str]) -> str:
+    """The `run` command line that continues this study (without the per-invocation --arms and
+    --stop-after-steps)."""
+    keep, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item in ("--arms", "--stop-after-steps"):
+            skip = True
+            continue
+        if not item.startswith(("--arms=", "--stop-after-steps=")):
+            keep.append(item)
+    return "PYTHONPATH=. python bench/study.py " + shlex.join(keep)
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.driver_command = driver_command(argv)
     sys.path.insert(0, str(REPO / "bench"))
     import study_report
 

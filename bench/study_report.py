@@ -261,8 +261,8 @@ def _not_run() -> str:
         "8 x 512 tokens per step, forward + backward + AdamW): HOPE and its ablations about 380 tokens/s, Titans "
         "480, Hope-Attention 800, the Llama twin 1160; 3M tokens per arm is then about 22 hours of training for "
         "the 12 arms, and the full lm-eval suite about 3 hours more per HOPE-type arm (extrapolated from 20-item "
-        "runs; HellaSwag is about half of it), some 40-50 hours in all. A single GPU does it in a small fraction of that; `--tasks` restricts the "
-        "suite.", ""]).rstrip("\n") + "\n"
+        "runs; HellaSwag is about half of it), some 40-50 hours in all. A single GPU does it in a small fraction "
+        "of that; `--tasks` restricts the suite.", ""]).rstrip("\n") + "\n"
 
 
 def render(results_dir, figures_dir=None) -> str:
@@ -281,8 +281,7 @@ def render(results_dir, figures_dir=None) -> str:
     lines = ["## Small-scale study: HOPE vs Titans vs Transformer++, and the ablations (issue 7)", ""]
     if missing:
         lines += [f"**Partial: {len(records)} of {len(ORDER)} arms done** (not yet run: {', '.join(missing)}). "
-                  f"Continue with `{RUN_COMMAND}" + (f" --preset {s['preset']}" if s["preset"] != "hope-5m" else "")
-                  + (f" --tokens {s['tokens_budget']}" if s["tokens_budget"] != 3_000_000 else "") + "`.", ""]
+                  f"Continue with `{first.get('driver_command') or RUN_COMMAND}`.", ""]
     if s["tokens_trained"] < 3_000_000:
         lines += [f"**Below the issue's scale**: {s['tokens_trained']:,d} training tokens per arm (the issue asks "
                   f"for at least 3,000,000). These numbers only show that the pipeline runs.", ""]
@@ -341,13 +340,13 @@ def render(results_dir, figures_dir=None) -> str:
         pp, pa = PAPER_ABLATION[arm]
         direction = "reference" if arm == "hope" else f"hurts (ppl +{pp - PAPER_ABLATION['hope'][0]:.2f})"
         if r is None:
-            lines.append(f"| {LABELS[arm]} | not yet run | — | — | — | {pp} | {pa} | {direction} |")
+            lines.append(f"| {LABELS[arm]} | not yet run | — | — | — | {pp:.2f} | {pa:.1f} | {direction} |")
             continue
         avg, se, _ = _avg_acc(r)
         delta = None if hope_loss is None or arm == "hope" else r["final_val_loss"] - hope_loss
         lines.append(f"| {LABELS[arm]} | {_f(_table6_ppl(r), 2)} | "
                      f"{'—' if avg is None else f'{avg:.1f} ± {se:.1f}'} | {_f(r['final_val_loss'], 4)} | "
-                     f"{'—' if delta is None else f'{delta:+.4f}'} | {pp} | {pa} | {direction} |")
+                     f"{'—' if delta is None else f'{delta:+.4f}'} | {pp:.2f} | {pa:.1f} | {direction} |")
     noise = _noise(records)
     lines += ["", "Seed noise (largest |Δ val loss| between the two seeds of HOPE and of the twin): "
               + ("not measured yet." if noise is None else f"{noise:.4f}."), ""]

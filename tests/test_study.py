@@ -80,7 +80,8 @@ def test_study_end_to_end(tiny, capsys):
     for name, r in records.items():
         for key in ("study", "config", "parameters", "parameters_vs_hope", "tokens", "token_stream_sha256",
                     "wall_time_s", "tokens_per_s", "val_curve", "final_val_loss", "final_val_ppl", "ood", "lm_eval",
-                    "ppl_by_position", "passkey", "train_command", "tokenizer_fingerprint", "seed"):
+                    "ppl_by_position", "passkey", "train_command", "tokenizer_fingerprint", "seed",
+                    "driver_command"):
             assert key in r, (name, key)
         assert r["tokens"] == 4 * 2 * 32 and r["token_stream_batches"] == 4
         assert r["val_curve"][0]["step"] == 0 and r["val_curve"][-1]["step"] == 4
@@ -108,6 +109,7 @@ def test_study_end_to_end(tiny, capsys):
     assert "## Deep optimizers\n\nanother helper's section" in text
     assert "| HOPE | " in section and "not yet run" in section and "Below the issue's scale" in section
     assert records["hope"]["token_stream_sha256"] in section
+    assert f"Continue with `{records['hope']['driver_command']}`" in section and "--arms" not in section
     assert (doc.parent / "figures" / "study_val_loss.png").is_file()
     assert study.main(["report", "--results", str(results), "--doc", str(doc), "--check"]) == 0
     doc.write_text(text.replace("| HOPE | ", "| HOPE (edited) | "))
@@ -124,3 +126,8 @@ def test_arms_within_five_percent():
     for name in study.ARMS:
         m = study.arm_model(name, "hope-5m")
         assert abs(m["parameters_vs_hope"]) <= 0.05, (name, m["parameters_vs_hope"])
+
+
+def test_driver_command_drops_per_invocation_options():
+    cmd = study.driver_command(["run", "--arms", "hope", "--tokens", "9", "--stop-after-steps=2", "--arms=x"])
+    assert cmd == "PYTHONPATH=. python bench/study.py run --tokens 9"
