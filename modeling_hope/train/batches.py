@@ -42,6 +42,39 @@ def tokenize_cached(texts: list[str], tokenizer, cache_dir: Path | None) -> np.n
     return tokens
 
 
+class TokenStreamDigest:
+    """sha256 chained over the micro-batches exactly as the loop reads them: `h_k = sha256(h_{k-1} || batch_k as
+    int64 bytes)`. The state is a hex string kept in each checkpoint's trainer_state.json, so a resumed run ends with
+    the same digest as an uninterrupted one; two runs with equal digests trained on the same tokens in the same order
+    (of this process; with several processes, each hashes its own slice)."""
+
+    SEED = hashlib.sha256(b"hope-train token stream v1").hexdigest()
+
+    def __init__(self, state: str | None = None, batches: int = 0, tokens: int = 0):
+        self.state, self.batches, self.tokens = state or self.SEED, batches, tokens
+
+    def update(self, batch: torch.Tensor) -> None:
+        digest = hashlib.sha256(bytes.fromhex(self.state))
+        digest.update(str(tuple(batch.shape)).encode())
+        digest.update(batch.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
+        self.state, self.batches, self.tokens = digest.hexdigest(), self.batches + 1, self.tokens + batch.numel()
+
+    def to_dict(self) -> dict:
+        return {"token_stream_sha256": self.state, "token_stream_batches": self.batches,
+                "token_stream_tokens": self.tokens}
+
+    @classmethod
+    def from_state(cls, saved: dict | None):
+        """From a checkpoint's trainer state (a fresh digest without one); None when the checkpoint predates the
+        digest (the stream before it is unknown, so no digest is reported)."""
+        if saved is None:
+            return cls()
+        if "token_stream_sha256" not in saved:
+            return None
+        return cls(saved["token_stream_sha256"], saved.get("token_stream_batches", 0),
+                   saved.get("token_stream_tokens", 0))
+
+
 def to_blocks(tokens: np.ndarray, seq_len: int, limit: int | None = None) -> torch.Tensor:
     n = len(tokens) // seq_len
     if limit is not None:

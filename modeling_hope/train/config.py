@@ -83,6 +83,8 @@ class TrainConfig:
     mixed_precision: str = _opt("no", "no or bf16 (autocast; the weights stay float32)")
     cpu: bool = _opt(False, "train on the CPU even when a GPU is there")
     seed: int = _opt(0, "seed of the initial weights and of the data order")
+    data_seed: int | None = _opt(None, "seed of the data order alone (default: --seed); fixing it lets runs of "
+                                       "different --seed see the same micro-batches")
     # outputs
     output_dir: str | None = _opt(None, "run folder (default: outputs/<model>-<data>)")
     log_every: int = _opt(10, "steps between metric records")

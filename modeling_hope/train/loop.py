@@ -32,7 +32,10 @@ def train(cfg, callback=None) -> dict:
         while step < cfg.max_steps:
             step_loss = 0.0
             for _ in range(cfg.grad_accum):
-                x = next(batches).to(acc.device)
+                batch = next(batches)
+                if run.token_digest is not None:
+                    run.token_digest.update(batch)
+                x = batch.to(acc.device)
                 with acc.accumulate(model):  # gradients are synced between processes at the last micro-batch only
                     loss = model(input_ids=x, labels=x, use_cache=False).loss
                     acc.backward(loss)
@@ -140,6 +143,7 @@ def finish(run: Run, step: int, stopped: str | None, evals: list, seconds: float
                "val_loss_start": first.get("val_loss"), "val_ppl_start": first.get("val_ppl"),
                "val_loss": last.get("val_loss"), "val_ppl": last.get("val_ppl"), "evals": evals,
                "tokens_per_s": speed, **memory,
+               **(run.token_digest.to_dict() if run.token_digest is not None else {"token_stream_sha256": None}),
                "exit_code": {"signal": EXIT_INTERRUPTED, "diverged": EXIT_DIVERGED}.get(stopped, 0),
                "process_index": acc.process_index}
     if stopped == "diverged":

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from .batches import BlockBatches, StreamBatches, to_blocks, tokenize_cached
+from .batches import BlockBatches, StreamBatches, TokenStreamDigest, to_blocks, tokenize_cached
 from .config import TrainConfig, default_output_dir, to_dict, write_resolved
 from .data import load_corpus
 from .errors import TrainError
@@ -38,6 +38,7 @@ class Run:
     resumed_from: Path | None = None
     resolved: dict = field(default_factory=dict)
     lm_evaluator: object = None
+    token_digest: TokenStreamDigest | None = None
 
     @property
     def unwrapped(self):
@@ -45,7 +46,8 @@ class Run:
 
     def trainer_state(self, step: int) -> dict:
         return {"step": step, "train_config": to_dict(self.cfg), "model_config": comparable(self.unwrapped.config),
-                "world_size": self.accelerator.num_processes}
+                "world_size": self.accelerator.num_processes,
+                **(self.token_digest.to_dict() if self.token_digest is not None else {})}
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -132,7 +134,8 @@ def setup(cfg: TrainConfig) -> Run:
     else:
         with accelerator.main_process_first():
             train_tokens = tokenize_cached(corpus.train, tokenizer, cache)
-        batches = BlockBatches(train_tokens, cfg.seq_len, cfg.batch_size, rank, world, cfg.seed)
+        batches = BlockBatches(train_tokens, cfg.seq_len, cfg.batch_size, rank, world,
+                               cfg.seed if cfg.data_seed is None else cfg.data_seed)
         if cfg.record_ranks:
             batches.seen = []
     val_blocks = None
@@ -199,7 +202,7 @@ def setup(cfg: TrainConfig) -> Run:
     if cfg.lm_eval_tasks and accelerator.is_main_process:
         lm_evaluator = make_lm_evaluator(cfg)
     return Run(cfg, output_dir, accelerator, model, optimizer, scheduler, slow, tokenizer, batches, val_blocks,
-               metrics, start_step, resume_dir, resolved, lm_evaluator)
+               metrics, start_step, resume_dir, resolved, lm_evaluator, TokenStreamDigest.from_state(saved_state))
 
 
 def make_lm_evaluator(cfg):
