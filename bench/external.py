@@ -216,7 +216,7 @@ def main(argv=None) -> int:
     p.add_argument("--venv", default="/tmp/benchvenv", help="virtual environment holding the other packages")
     p.add_argument("--short-len", type=int, default=64, help="length for the per-token nested-learning loop")
     p.add_argument("--lengths", type=int, nargs="+", default=[512, 2048])
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="bench/results/external_cpu.json")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -231,7 +231,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     results = {"method": __doc__, "machine": {"platform": platform.platform(), "processor": platform.processor()
                                               or platform.machine(), "logical_cpus": os.cpu_count(),
-                                              "torch": torch.__version__, "threads": torch.get_num_threads()},
+                                              "torch": torch.__version__, "threads": torch.get_num_threads(),
+                                              "load_average_at_start": list(os.getloadavg())},
                "settings": {k: v for k, v in vars(args).items() if k != "child"}}
     results["ours"] = ours(args.short_len, args.lengths, args.repeats)
     python = Path(args.venv) / "bin" / "python"
@@ -250,6 +251,7 @@ def main(argv=None) -> int:
             results["theirs"] = {"error": f"child exited with {proc.returncode}", "stderr": proc.stderr[-3000:]}
     results["ratios"] = ratios(results["ours"], results["theirs"], args.short_len, args.lengths)
     results["elapsed_seconds"] = time.perf_counter() - started
+    results["machine"]["load_average_at_end"] = list(os.getloadavg())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)

@@ -135,6 +135,7 @@ def main(argv=None) -> int:
                                               args.seed, args.threads, log))
     results["targets"] = targets.evaluate(sections)
     results["elapsed_seconds"] = time.perf_counter() - started
+    results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     bad = check_finite(results)
     results["non_finite"] = bad
     _write(results, args.out)
