@@ -48,6 +48,8 @@ def parse_args(argv):
     p.add_argument("--naive-model-len", type=int, default=64,
                    help="length of the naive_model section (the whole model with naive memories); 0 skips it")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    p.add_argument("--budget", type=float, default=1140.0,
+                   help="seconds: a section (or memory measurement) that would start later is skipped and recorded")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny lengths: a smoke run of every section in seconds")
@@ -111,8 +113,13 @@ def main(argv=None) -> int:
     log(f"hope bench: {args.preset} ({results['models']['hope']['parameters'] / 1e6:.2f}M) vs Llama twin "
         f"({results['models']['llama']['parameters'] / 1e6:.2f}M), {torch.get_num_threads()} threads")
 
+    deadline = started + args.budget
+
     def section(name, fn):
         if name not in args.sections:
+            return
+        if time.perf_counter() > deadline:
+            results["skipped"].append({"section": name, "reason": f"--budget {args.budget:.0f} s spent"})
             return
         t0 = time.perf_counter()
         sections[name] = fn()
@@ -132,7 +139,7 @@ def main(argv=None) -> int:
     section("operators", lambda: operators.run(args.preset, args.operator_len, args.naive_len, args.repeats,
                                                seed=args.seed, log=log))
     section("memory", lambda: peak_memory.run(args.preset, args.memory_modes, args.batch, args.memory_lengths,
-                                              args.seed, args.threads, log))
+                                              args.seed, args.threads, log, deadline))
     results["targets"] = targets.evaluate(sections)
     results["elapsed_seconds"] = time.perf_counter() - started
     results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

@@ -91,12 +91,21 @@ def measure(model_name: str, preset: str, mode: str, batch: int, length: int, se
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run(preset: str, modes, batches, lengths, seed: int = 0, threads: int | None = None, log=print) -> dict:
-    results, errors = {}, []
+def run(preset: str, modes, batches, lengths, seed: int = 0, threads: int | None = None, log=print,
+        deadline: float | None = None) -> dict:
+    """Both models at every (mode, batch, length); measurements that would start after `deadline`
+    (time.perf_counter()) are skipped and listed."""
+    import time
+
+    results, errors, skipped = {}, [], []
     for mode in modes:
         for batch in batches:
             for length in lengths:
                 entry = {}
+                if deadline is not None and time.perf_counter() > deadline:
+                    skipped.append({"section": "memory", "mode": mode, "batch": batch, "length": length,
+                                    "reason": "--budget spent"})
+                    continue
                 for name in ("hope", "llama"):
                     r = measure(name, preset, mode, batch, length, seed, threads)
                     entry[name] = r
@@ -107,7 +116,8 @@ def run(preset: str, modes, batches, lengths, seed: int = 0, threads: int | None
                     log(f"peak memory {mode} batch {batch} length {length}: hope +{entry['hope']['peak_delta_mib']:.0f}"
                         f" MiB, llama +{entry['llama']['peak_delta_mib']:.0f} MiB")
                 results.setdefault(mode, {}).setdefault(str(batch), {})[str(length)] = entry
-    return {"method": __doc__.split("\n\n", 1)[1].replace("\n", " "), "by_mode": results, "errors": errors}
+    return {"method": __doc__.split("\n\n", 1)[1].replace("\n", " "), "by_mode": results, "errors": errors,
+            "skipped": skipped}
 
 
 if __name__ == "__main__":
