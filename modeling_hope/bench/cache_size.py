@@ -74,6 +74,8 @@ def run(presets, contexts, measured_preset: str | None = None, measured_decode: 
                 kv_context = entry["llama"]["context_tokens"]
                 row.update(llama_measured_bytes=entry["llama"]["cache_bytes"],
                            llama_formula_bytes=llama_kv_bytes(llama, kv_context))
+            else:  # Llama was skipped at this context: the formula still says what its cache would hold
+                row.update(llama_formula_bytes=llama_kv_bytes(llama, int(context)))
             check["by_context"][context] = row
         rows = check["by_context"].values()
         check["hope_bytes_independent_of_context"] = len({r["hope_measured_bytes"] for r in rows}) <= 1
