@@ -21,7 +21,7 @@ import torch
 from . import cache_size, decode, machine, operators, peak_memory, prefill, targets, training
 from .models import MODELS, build, describe
 
-SECTIONS = ("train", "prefill", "decode", "cache_size", "memory", "operators", "naive_model")
+SECTIONS = ("train", "prefill", "decode", "cache_size", "memory", "operators", "naive_model")  # run in this order
 QUICK = dict(train_lengths=[32, 64], decode_contexts=[32, 96], decode_steps=3, prefill_chunk=64, repeats=2,
              operator_len=64, naive_len=16, memory_lengths=[64], memory_modes=["train"], naive_model_len=4)
 
@@ -133,13 +133,12 @@ def main(argv=None) -> int:
                                          args.llama_max_context, args.seed, log=log))
     section("cache_size", lambda: cache_size.run(args.cache_presets, args.cache_contexts, args.preset,
                                                  (sections.get("decode") or {}).get("by_context")))
-    section("naive_model", lambda: training.run_naive_model(models["hope"], args.preset, args.naive_model_len,
-                                                            args.repeats, args.seed, log))
-    del models
-    section("operators", lambda: operators.run(args.preset, args.operator_len, args.naive_len, args.repeats,
-                                               seed=args.seed, log=log))
     section("memory", lambda: peak_memory.run(args.preset, args.memory_modes, args.batch, args.memory_lengths,
                                               args.seed, args.threads, log, deadline))
+    section("operators", lambda: operators.run(args.preset, args.operator_len, args.naive_len, args.repeats,
+                                               seed=args.seed, log=log))
+    section("naive_model", lambda: training.run_naive_model(models["hope"], args.preset, args.naive_model_len,
+                                                            args.repeats, args.seed, log))
     results["targets"] = targets.evaluate(sections)
     results["elapsed_seconds"] = time.perf_counter() - started
     results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
