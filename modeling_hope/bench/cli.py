@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     results = {"schema": "hope-bench/1", "command": "hope bench " + " ".join(sys.argv[1:] if argv is None else argv),
                "settings": {k: v for k, v in vars(args).items() if k not in ("out", "plot", "no_plot")},
-               "machine": machine.describe(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "machine": machine.describe(), "code": machine.code_version(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "sections": {}, "skipped": [], "section_seconds": {}}
     for s in SECTIONS:
         if s not in args.sections:

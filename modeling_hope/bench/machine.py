@@ -28,6 +28,23 @@ def _memory_gib() -> float | None:
     return None
 
 
+def code_version() -> dict:
+    """The git commit of the code measured (and whether the work tree differed from it), where there is a checkout."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None}
+    if commit.returncode != 0:
+        return {"git_commit": None}
+    return {"git_commit": commit.stdout.strip(), "work_tree_modified": bool(dirty.stdout.strip())}
+
+
 def describe() -> dict:
     import transformers
 
