@@ -52,9 +52,10 @@ def parse_args(argv):
                    help="seconds: a section (or memory measurement) that would start later is skipped and recorded")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads of this process and of the memory children (default 1; 0: torch's own "
-                        "choice). On a 2-core machine shared with other jobs, two OpenMP threads per process made "
-                        "steps 10-20x slower at random (each of HOPE's many small ops waits at a barrier for a "
-                        "descheduled thread); HOPE gains little from a second thread even on an idle machine")
+                        "choice). On the 2-core machine shared with other jobs, two OpenMP threads per process made "
+                        "a training step at 512 68x slower for HOPE and 14x for Llama (each of HOPE's many small ops "
+                        "waits at a barrier for a descheduled thread); HOPE gains little from a second thread even "
+                        "on an idle machine")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny lengths: a smoke run of every section in seconds")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/hope_bench_cpu.json, or "
