@@ -234,6 +234,10 @@ def main(argv=None) -> int:
                                               "torch": torch.__version__, "threads": torch.get_num_threads(),
                                               "load_average_at_start": list(os.getloadavg())},
                "settings": {k: v for k, v in vars(args).items() if k != "child"}}
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from modeling_hope.bench.machine import code_version
+
+    results["code"] = code_version()
     results["ours"] = ours(args.short_len, args.lengths, args.repeats)
     python = Path(args.venv) / "bin" / "python"
     if not python.exists():
