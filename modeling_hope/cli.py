@@ -9,6 +9,7 @@ COMMANDS = {
     "main-job": ("modeling_hope.main_job", "train a small HOPE on the built-in data, evaluate it, generate text"),
     "convert": ("modeling_hope.convert.cli", "Llama-family models into HOPE; training checkpoints into Hub folders"),
     "push": ("modeling_hope.convert.push", "upload a Hub-ready folder to the Hugging Face Hub"),
+    "bench": ("modeling_hope.bench.cli", "benchmark HOPE against its Llama twin: speed, memory, cache size (JSON + PNG)"),
 }
 
 

@@ -1,0 +1,104 @@
+"""Decoding cost at a given context: ms per generated token (greedy, one sequence) after a prompt of `context`
+tokens. HOPE carries a HopeCache, which it reaches by prefilling in chunks (its state has a fixed size, so the
+chunking changes nothing but the peak memory of the prefill), continuing the same cache from one context to the next;
+Llama prefills each context in one call into its DynamicCache (KV cache), as generate() would."""
+
+import time
+
+import torch
+
+from ..cache_hope import HopeCache
+from .models import random_ids
+from .prefill import prefill
+from .timing import interleaved, summary
+
+
+def cache_nbytes(cache) -> int:
+    """Bytes held by a cache: HopeCache.nbytes(), or the keys and values of each layer of a transformers Cache."""
+    if isinstance(cache, HopeCache):
+        return cache.nbytes()
+    total = 0
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
+
+
+class Decoder:
+    """Greedy decoding of one sequence from a given cache; `step()` times one token."""
+
+    def __init__(self, model, cache, last_logits):
+        self.model, self.cache = model, cache
+        self.token = last_logits[:, -1:].argmax(-1)
+
+    @torch.no_grad()
+    def step(self) -> float:
+        start = time.perf_counter()
+        out = self.model(self.token, cache=self.cache, use_cache=True, logits_to_keep=1)
+        self.token = out.logits[:, -1:].argmax(-1)
+        return time.perf_counter() - start
+
+
+@torch.no_grad()
+def _advance_hope(model, cache, prompt, target: int, chunk: int):
+    """Prefill `cache` with prompt tokens until it has seen `target` tokens; returns (seconds, last logits)."""
+    start, logits = time.perf_counter(), None
+    while cache.get_seq_length() < target:
+        seen = cache.get_seq_length()
+        n = min(chunk, target - seen)
+        logits = model(prompt[:, seen:seen + n], cache=cache, use_cache=True, logits_to_keep=1).logits
+    return time.perf_counter() - start, logits
+
+
+def run(models: dict, contexts, steps: int, prefill_chunk: int, llama_max_context: int | None, seed: int = 0,
+        warmup: int = 2, log=print) -> dict:
+    hope, llama = models["hope"].eval(), models["llama"].eval()
+    contexts = sorted(contexts)
+    prompt = random_ids(hope.config.vocab_size, 1, max(contexts) + (warmup + steps) * len(contexts), seed)
+    hope_cache = HopeCache(hope.config)
+    results, skipped = {}, []
+    for context in contexts:
+        entry = {}
+        seconds, logits = _advance_hope(hope, hope_cache, prompt, context, prefill_chunk)
+        decoders = {"hope": Decoder(hope, hope_cache, logits)}
+        entry["hope"] = {"context_tokens": hope_cache.get_seq_length(), "cache_bytes": cache_nbytes(hope_cache),
+                         "prefill_seconds_to_reach": seconds,
+                         "prefill_chunk": prefill_chunk}
+        if llama_max_context is not None and context > llama_max_context:
+            reason = f"context {context} > --llama-max-context {llama_max_context}"
+            entry["llama"] = {"skipped": reason}
+            skipped.append({"section": "decode", "model": "llama", "context": context, "reason": reason})
+        else:
+            start = time.perf_counter()
+            with torch.no_grad():
+                out = llama(prompt[:, :context], use_cache=True, logits_to_keep=1)
+            entry["llama"] = {"context_tokens": out.cache.get_seq_length(), "cache_bytes": cache_nbytes(out.cache),
+                              "prefill_seconds_to_reach": time.perf_counter() - start}
+            decoders["llama"] = Decoder(llama, out.cache, out.logits)
+            del out
+        for decoder in decoders.values():
+            for _ in range(warmup):
+                decoder.step()
+        times = interleaved({name: d.step for name, d in decoders.items()}, steps)
+        for name, t in times.items():
+            s = summary(t, 1)
+            entry[name].update(ms_per_token=1000 * s["best_seconds"], ms_per_token_median=1000 * s["median_seconds"],
+                               steps=steps, cache_bytes_after=cache_nbytes(decoders[name].cache))
+        if "ms_per_token" in entry["llama"]:
+            entry["hope_over_llama_ms"] = entry["hope"]["ms_per_token"] / entry["llama"]["ms_per_token"]
+        results[str(context)] = entry
+        log(f"decode context {context}: hope {entry['hope']['ms_per_token']:.2f} ms/token "
+            f"({entry['hope']['cache_bytes']} B state), llama "
+            + (f"{entry['llama']['ms_per_token']:.2f} ms/token ({entry['llama']['cache_bytes']} B KV)"
+               if "ms_per_token" in entry["llama"] else entry["llama"]["skipped"]))
+        del decoders
+    first, last = str(contexts[0]), str(contexts[-1])
+    growth = results[last]["hope"]["ms_per_token"] / results[first]["hope"]["ms_per_token"]
+    return {"method": "greedy decoding of one sequence with the model's cache after a random prompt of `context` "
+                      f"tokens; {warmup} untimed steps, then {steps} timed steps per model, interleaved; "
+                      "ms_per_token is the best step, ms_per_token_median the median; HOPE reaches each context by "
+                      "continuing one HopeCache in prefill chunks, Llama prefills each context in one call",
+            "steps": steps, "by_context": results,
+            "hope_ms_at_largest_over_smallest_context": growth, "skipped": skipped}

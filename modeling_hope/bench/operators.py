@@ -1,0 +1,96 @@
+"""The chunked memory operators against their naive token-by-token references (fast_weight_memory.py), on one
+layer's memories of the benchmarked preset: `memory` is the output memory's scan (one memory per head), `projection`
+the adaptive k, v, eta, alpha memories' scan. Forward only, under torch.no_grad (the naive reference still takes
+each token's inner gradient with autograd, as it must). Inputs come from a real HopeMemoryMixer's initial state and
+its own `_produce`; the naive reference walks the tokens one by one, so its cost per token does not depend on the
+length: where it is timed on fewer tokens than the chunked operator, tokens/s are compared."""
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..fast_weight_memory import (FastWeights, chunked_memory_scan, chunked_projection_scan, naive_memory_scan,
+                                  naive_projection_scan)
+from ..modeling_hope import HopeMemoryMixer
+from ..presets import hope_config
+
+OPERATORS = ("memory", "projection")
+
+
+def _inputs(config, length: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    mixer = HopeMemoryMixer(config, 0)
+    for p in mixer.parameters():  # the model's init ranges, without building a whole model
+        torch.nn.init.normal_(p, std=0.02)
+    with torch.no_grad():
+        H, d = mixer.num_heads, mixer.head_dim
+        W1, W2 = mixer.initial_fast_weights()
+        W1.normal_(0, 0.5 / W1.shape[-1] ** 0.5)
+        W2.normal_(0, 1 / W2.shape[-1] ** 0.5)
+        mixer.eta_bias.fill_(-2.0)
+        if mixer.alpha_bias is not None:
+            mixer.alpha_bias.fill_(6.0)
+    state = mixer.init_state(1)
+    memory = FastWeights(*(state[f"memory.{f}"].detach() for f in FastWeights._fields))
+    q = F.normalize(torch.randn(1, H, length, d, generator=gen), dim=-1)
+    k = F.normalize(torch.randn(1, H, length, d, generator=gen), dim=-1)
+    v = F.normalize(torch.randn(1, H, length, d, generator=gen), dim=-1)
+    eta = torch.full((1, H, length), 0.12 * config.eta_max)
+    log_alpha = torch.full((1, H, length), float(torch.log(torch.tensor(0.9975))))
+    boxes = 0.5 * torch.randn(1, 4, H, length, d, generator=gen)
+    log_beta = F.logsigmoid(torch.ones(H))
+    mask = torch.ones(1, length, dtype=torch.bool)
+    counts = torch.zeros(1, dtype=torch.long)
+    return mixer, memory, (q, k, v, eta, log_alpha, boxes), log_beta, mask, counts
+
+
+def _runner(op: str, config, length: int, seed: int, impl: str):
+    mixer, memory, (q, k, v, eta, log_alpha, boxes), log_beta, mask, counts = _inputs(config, length, seed)
+    common = dict(act=config.memory_activation, dgd=1.0 if config.use_dgd else 0.0,
+                  self_generated=config.self_generated_values)
+    if op == "memory":
+        C = config.memory_chunk_size
+        scan = chunked_memory_scan if impl == "chunked" else naive_memory_scan
+        state = FastWeights(*(t[:, -1] for t in memory))
+        return lambda: scan(state, q, k, v, eta, log_alpha, log_beta, mask, counts, C, lr_scale=1.0 / C, **common)
+    n = sum(mixer.adaptive)
+    C = config.projection_chunk_size
+    scan = chunked_projection_scan if impl == "chunked" else naive_projection_scan
+    state = FastWeights(*(t[:, :n].flatten(1, 2) for t in memory))
+    return lambda: scan(state, boxes, mixer.adaptive, mixer._produce, log_beta.repeat(n), mask, counts, C,
+                        lr_scale=1.0 / C, **common)
+
+
+@torch.no_grad()
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run(preset: str, length: int, naive_length: int, repeats: int, naive_repeats: int = 1, seed: int = 0,
+        operators=OPERATORS, log=print) -> dict:
+    config = hope_config(preset)
+    results = {}
+    for op in operators:
+        entry = {}
+        for impl, n, reps in (("chunked", length, repeats), ("chunked", naive_length, repeats),
+                              ("naive", naive_length, naive_repeats)):
+            fn = _runner(op, config, n, seed, impl)
+            if impl == "chunked":
+                _seconds(fn)  # warm-up
+            best = min(_seconds(fn) for _ in range(reps))
+            entry.setdefault(impl, {})[str(n)] = {"seconds": best, "tokens_per_second": n / best}
+        chunked, naive = entry["chunked"], entry["naive"][str(naive_length)]
+        entry["speedup_at_length"] = chunked[str(length)]["tokens_per_second"] / naive["tokens_per_second"]
+        entry["speedup_same_shape"] = chunked[str(naive_length)]["tokens_per_second"] / naive["tokens_per_second"]
+        entry["memories"] = (config.num_attention_heads if op == "memory"
+                             else sum(HopeMemoryMixer(config, 0).adaptive) * config.num_attention_heads)
+        results[op] = entry
+        log(f"operator {op}: chunked {chunked[str(length)]['tokens_per_second']:.0f} tok/s at {length}, naive "
+            f"{naive['tokens_per_second']:.1f} tok/s at {naive_length}: {entry['speedup_at_length']:.0f}x")
+    return {"method": __doc__.split("\n\n", 1)[0].replace("\n", " "), "length": length, "naive_length": naive_length,
+            "batch": 1, "head_dim": config.hidden_size // config.num_attention_heads,
+            "chunk_size": config.memory_chunk_size, "by_operator": results}

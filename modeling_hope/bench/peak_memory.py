@@ -1,0 +1,124 @@
+"""Peak memory of one step, each measurement in a fresh child process (`python -m modeling_hope.bench.peak_memory`).
+
+The child builds the one model and its input, collects garbage and returns freed heap to the system
+(`malloc_trim`), resets the kernel's resident-set high-water mark (`echo 5 > /proc/self/clear_refs`, Linux), reads
+its resident set (VmRSS), runs one step and reads the high-water mark (VmHWM). The figure is VmHWM - VmRSS: the
+peak resident memory the step added on top of the model, its input and the libraries (activations, gradients,
+temporaries, the cache). Where clear_refs is unavailable, the high-water mark is `getrusage(RUSAGE_SELF).ru_maxrss`
+and the figure is a lower bound (the method field says which was used)."""
+
+import ctypes
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+MODES = ("train", "prefill")
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_high_water_mark() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _malloc_trim():
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def measure_here(model_name: str, preset: str, mode: str, batch: int, length: int, seed: int) -> dict:
+    import torch
+
+    from .models import build, random_ids
+    from .prefill import prefill
+
+    model = build(model_name, preset, seed, max_context=length)
+    ids = random_ids(model.config.vocab_size, batch, length, seed)
+    model.train(mode == "train")
+    gc.collect()
+    _malloc_trim()
+    exact = _reset_high_water_mark()
+    base = _status_kib("VmRSS")
+    ru_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if mode == "train":
+        model(ids, labels=ids).loss.backward()
+    else:
+        cache = prefill(model, ids)
+    peak = _status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if not exact:
+        base = max(base or 0, ru_before)
+    return {"model": model_name, "mode": mode, "batch": batch, "length": length, "threads": torch.get_num_threads(),
+            "baseline_rss_mib": base / 1024, "peak_rss_mib": peak / 1024, "peak_delta_mib": (peak - base) / 1024,
+            "high_water_mark": "VmHWM after clear_refs" if exact else "ru_maxrss (lower bound)"}
+
+
+def measure(model_name: str, preset: str, mode: str, batch: int, length: int, seed: int = 0,
+            threads: int | None = None, timeout: float | None = None) -> dict:
+    """Runs one measurement in a fresh interpreter and returns its figures (or {'error': ...})."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    args = [sys.executable, "-m", "modeling_hope.bench.peak_memory", json.dumps(
+        {"model_name": model_name, "preset": preset, "mode": mode, "batch": batch, "length": length, "seed": seed})]
+    try:
+        proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    if proc.returncode != 0:
+        return {"error": f"child exited with {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run(preset: str, modes, batches, lengths, seed: int = 0, threads: int | None = None, log=print,
+        deadline: float | None = None) -> dict:
+    """Both models at every (mode, batch, length); measurements that would start after `deadline`
+    (time.perf_counter()) are skipped and listed."""
+    import time
+
+    results, errors, skipped = {}, [], []
+    for mode in modes:
+        for batch in batches:
+            for length in lengths:
+                entry = {}
+                if deadline is not None and time.perf_counter() > deadline:
+                    skipped.append({"section": "memory", "mode": mode, "batch": batch, "length": length,
+                                    "reason": "--budget spent"})
+                    continue
+                for name in ("hope", "llama"):
+                    r = measure(name, preset, mode, batch, length, seed, threads)
+                    entry[name] = r
+                    if "error" in r:
+                        errors.append({"mode": mode, "batch": batch, "length": length, "model": name, **r})
+                if all("peak_delta_mib" in entry[n] for n in ("hope", "llama")):
+                    entry["hope_over_llama"] = entry["hope"]["peak_delta_mib"] / entry["llama"]["peak_delta_mib"]
+                    log(f"peak memory {mode} batch {batch} length {length}: hope +{entry['hope']['peak_delta_mib']:.0f}"
+                        f" MiB, llama +{entry['llama']['peak_delta_mib']:.0f} MiB")
+                results.setdefault(mode, {}).setdefault(str(batch), {})[str(length)] = entry
+    return {"method": __doc__.split("\n\n", 1)[1].replace("\n", " "), "by_mode": results, "errors": errors,
+            "skipped": skipped}
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure_here(**json.loads(sys.argv[1]))))

@@ -1,0 +1,59 @@
+"""Forward+backward training throughput: the loss on (batch, length) random tokens and its backward (no optimizer
+step), HOPE and Llama interleaved, best of N."""
+
+import time
+
+from .models import random_ids
+from .timing import interleaved, summary
+
+
+def train_step_seconds(model, ids) -> float:
+    start = time.perf_counter()
+    model(ids, labels=ids).loss.backward()
+    seconds = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    return seconds
+
+
+def run(models: dict, batches, lengths, repeats: int, seed: int = 0, log=print) -> dict:
+    for model in models.values():
+        model.train()
+        train_step_seconds(model, random_ids(model.config.vocab_size, 1, 64, seed))  # warm-up
+    results = {}
+    for batch in batches:
+        for length in lengths:
+            ids = random_ids(next(iter(models.values())).config.vocab_size, batch, length, seed + length)
+            times = interleaved({name: (lambda m=m: train_step_seconds(m, ids)) for name, m in models.items()},
+                                repeats)
+            entry = {name: summary(t, batch * length) for name, t in times.items()}
+            for e in entry.values():
+                e["tokens_per_second"] = e.pop("per_second")
+            entry["hope_over_llama"] = entry["hope"]["tokens_per_second"] / entry["llama"]["tokens_per_second"]
+            results.setdefault(str(batch), {})[str(length)] = entry
+            log(f"train batch {batch} length {length}: hope {entry['hope']['tokens_per_second']:.0f} tok/s, "
+                f"llama {entry['llama']['tokens_per_second']:.0f} tok/s, ratio {entry['hope_over_llama']:.3f}")
+    return {"method": "one forward of the causal-LM loss on random tokens plus its backward, gradients dropped "
+                      "after each step; the models alternate within each repeat (order swapped every repeat); "
+                      "tokens/s = batch * length / best time",
+            "repeats": repeats, "by_batch": results}
+
+
+def run_naive_model(hope, preset: str, length: int, repeats: int, seed: int = 0, log=print) -> dict:
+    """The whole model with `memory_impl="naive"` (token-by-token memories, same weights) against the chunked model
+    on the same (1, length) tokens, forward+backward; the naive model runs once (its cost per token does not depend
+    on the length)."""
+    from ..modeling_hope import HopeForCausalLM
+    from ..presets import hope_config
+
+    naive = HopeForCausalLM(hope_config(preset, memory_impl="naive")).train()
+    naive.load_state_dict(hope.state_dict())
+    hope.train()
+    ids = random_ids(hope.config.vocab_size, 1, length, seed)
+    naive_seconds = train_step_seconds(naive, ids)
+    chunked_seconds = min(train_step_seconds(hope, ids) for _ in range(repeats))
+    out = {"method": run_naive_model.__doc__.replace("\n   ", ""), "length": length, "batch": 1,
+           "naive_tokens_per_second": length / naive_seconds, "chunked_tokens_per_second": length / chunked_seconds,
+           "chunked_over_naive": naive_seconds / chunked_seconds}
+    log(f"naive model at length {length}: {out['naive_tokens_per_second']:.2f} tok/s, chunked "
+        f"{out['chunked_tokens_per_second']:.0f} tok/s ({out['chunked_over_naive']:.0f}x)")
+    return out

@@ -1,0 +1,74 @@
+"""`hope bench --quick` end to end: every section present, every figure finite, HOPE's state independent of context."""
+
+import json
+import math
+
+import pytest
+
+from modeling_hope.cli import main as hope_main
+
+SECTIONS = ("train", "prefill", "decode", "cache_size", "memory", "operators", "naive_model")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, one_thread):
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    assert hope_main(["bench", "--quick", "--threads", "1", "--out", str(out)]) == 0
+    return json.loads(out.read_text()), out
+
+
+def numbers(obj):
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, (int, float)):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from numbers(v)
+
+
+def test_every_section_with_finite_figures(quick_run):
+    results, out = quick_run
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    assert results["non_finite"] == []
+    for key in ("platform", "cpu", "torch", "torch_threads"):
+        assert results["machine"][key]
+    for name in SECTIONS:
+        section = results["sections"][name]
+        values = list(numbers(section))
+        assert values and all(math.isfinite(v) for v in values), name
+    for name in ("train", "prefill"):
+        for entry in results["sections"][name]["by_batch"]["1"].values():
+            assert entry["hope"]["tokens_per_second"] > 0 and entry["llama"]["tokens_per_second"] > 0
+    for entry in results["sections"]["decode"]["by_context"].values():
+        assert entry["hope"]["ms_per_token"] > 0 and entry["llama"]["ms_per_token"] > 0
+    memory = results["sections"]["memory"]
+    assert memory["errors"] == []
+    for entry in memory["by_mode"]["train"]["1"].values():
+        assert entry["hope"]["peak_delta_mib"] > 0 and entry["llama"]["peak_delta_mib"] > 0
+    for op in results["sections"]["operators"]["by_operator"].values():
+        assert op["speedup_at_length"] > 1
+    assert results["skipped"] == []
+
+
+def test_hope_cache_bytes_do_not_depend_on_context(quick_run):
+    results, _ = quick_run
+    decode = results["sections"]["decode"]["by_context"]
+    assert len(decode) >= 2
+    hope = [entry["hope"]["cache_bytes"] for entry in decode.values()]
+    after = [entry["hope"]["cache_bytes_after"] for entry in decode.values()]
+    contexts = [entry["hope"]["context_tokens"] for entry in decode.values()]
+    assert len(set(contexts)) == len(contexts)
+    assert len(set(hope + after)) == 1 and hope[0] > 0
+    llama = [entry["llama"]["cache_bytes"] for entry in decode.values()]
+    assert llama == sorted(llama) and llama[0] < llama[-1]  # the KV cache grows with the context
+    measured = results["sections"]["cache_size"]["measured"]
+    assert measured["hope_bytes_independent_of_context"] and measured["hope_meta_init_matches_measured"]
+    assert measured["llama_formula_matches_measured"]
+    for preset in ("hope-340m", "hope-760m", "hope-1.3b"):
+        rows = results["sections"]["cache_size"]["per_sequence"][preset]["float32"]
+        assert set(rows) == {"4096", "32768", "131072"}
+        assert len({r["hope_bytes"] for r in rows.values()}) == 1
