@@ -183,6 +183,19 @@ def _plt():
     return plt
 
 
+def _finish(fig, ax, path, xlabel, ylabel, title):
+    """Label, grid, legend and save one study figure; returns its path."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def figures(records: dict, figures_dir: Path) -> dict:
     plt = _plt()
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -194,15 +207,10 @@ def figures(records: dict, figures_dir: Path) -> dict:
         if curve:
             ax.plot([c["step"] * tps / 1e6 for c in curve], [c["val_loss"] for c in curve], marker=".",
                     label=LABELS.get(arm, arm), ls="--" if arm.endswith("seed1") else "-")
-    ax.set_xlabel("training tokens (millions)")
-    ax.set_ylabel("held-out validation loss (nats/token)")
-    ax.set_title("validation loss (held-out Gutenberg books)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths["val"] = figures_dir / "study_val_loss.png"
-    fig.savefig(paths["val"], dpi=110)
-    plt.close(fig)
+    paths["val"] = _finish(fig, ax, figures_dir / "study_val_loss.png",
+                           "training tokens (millions)",
+                           "held-out validation loss (nats/token)",
+                           "validation loss (held-out Gutenberg books)")
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for arm, r in records.items():
@@ -212,15 +220,10 @@ def figures(records: dict, figures_dir: Path) -> dict:
                     marker=".", label=LABELS.get(arm, arm), ls="--" if arm.endswith("seed1") else "-")
     seq_len = next(iter(records.values()))["study"]["seq_len"]
     ax.axvline(seq_len, color="gray", lw=1, ls=":")
-    ax.set_xlabel("position (tokens of context seen); dotted: training length")
-    ax.set_ylabel("mean loss (nats/token)")
-    ax.set_title("loss by position (held-out books)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths["position"] = figures_dir / "study_position.png"
-    fig.savefig(paths["position"], dpi=110)
-    plt.close(fig)
+    paths["position"] = _finish(fig, ax, figures_dir / "study_position.png",
+                           "position (tokens of context seen); dotted: training length",
+                           "mean loss (nats/token)",
+                           "loss by position (held-out books)")
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for arm, r in records.items():
@@ -231,15 +234,10 @@ def figures(records: dict, figures_dir: Path) -> dict:
     ax.set_xscale("log", base=2)
     ax.axvline(seq_len, color="gray", lw=1, ls=":")
     ax.set_ylim(-5, 105)
-    ax.set_xlabel("prompt length (tokens); dotted: training length")
-    ax.set_ylabel("passkey accuracy (%)")
-    ax.set_title("S-NIAH-1 (passkey), greedy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths["passkey"] = figures_dir / "study_passkey.png"
-    fig.savefig(paths["passkey"], dpi=110)
-    plt.close(fig)
+    paths["passkey"] = _finish(fig, ax, figures_dir / "study_passkey.png",
+                           "prompt length (tokens); dotted: training length",
+                           "passkey accuracy (%)",
+                           "S-NIAH-1 (passkey), greedy")
     return paths
 
 

@@ -6,7 +6,7 @@ import time
 import torch
 
 from .models import random_ids
-from .timing import interleaved, summary
+from .timing import throughput_sweep
 
 
 @torch.no_grad()
@@ -27,18 +27,7 @@ def run(models: dict, batches, lengths, repeats: int, seed: int = 0, log=print) 
     for model in models.values():
         model.eval()
         prefill_seconds(model, random_ids(model.config.vocab_size, 1, 64, seed))
-    results = {}
-    for batch in batches:
-        for length in lengths:
-            ids = random_ids(next(iter(models.values())).config.vocab_size, batch, length, seed + length)
-            times = interleaved({name: (lambda m=m: prefill_seconds(m, ids)) for name, m in models.items()}, repeats)
-            entry = {name: summary(t, batch * length) for name, t in times.items()}
-            for e in entry.values():
-                e["tokens_per_second"] = e.pop("per_second")
-            entry["hope_over_llama"] = entry["hope"]["tokens_per_second"] / entry["llama"]["tokens_per_second"]
-            results.setdefault(str(batch), {})[str(length)] = entry
-            log(f"prefill batch {batch} length {length}: hope {entry['hope']['tokens_per_second']:.0f} tok/s, "
-                f"llama {entry['llama']['tokens_per_second']:.0f} tok/s, ratio {entry['hope_over_llama']:.3f}")
+    results = throughput_sweep(models, batches, lengths, repeats, seed, prefill_seconds, "prefill", log)
     return {"method": "torch.no_grad forward with use_cache=True into a fresh cache (HopeCache / DynamicCache), "
                       "logits_to_keep=1; interleaved, best of N; tokens/s = batch * length / best time",
             "repeats": repeats, "by_batch": results}

@@ -3,6 +3,8 @@ moment of a shared machine hits both, and the best of N repeats is reported."""
 
 import time
 
+from .models import random_ids
+
 
 def timed(fn) -> float:
     start = time.perf_counter()
@@ -26,3 +28,21 @@ def summary(seconds: list, work: float) -> dict:
     ordered = sorted(seconds)
     return {"best_seconds": ordered[0], "median_seconds": ordered[len(ordered) // 2], "seconds": seconds,
             "per_second": work / ordered[0]}
+
+
+def throughput_sweep(models: dict, batches, lengths, repeats: int, seed: int, step_seconds, label: str, log) -> dict:
+    """tokens/s of `step_seconds(model, ids)` for every (batch, length), the models interleaved, best of N; plus the
+    HOPE / Llama ratio. Returns {batch: {length: entry}}."""
+    results = {}
+    for batch in batches:
+        for length in lengths:
+            ids = random_ids(next(iter(models.values())).config.vocab_size, batch, length, seed + length)
+            times = interleaved({name: (lambda m=m: step_seconds(m, ids)) for name, m in models.items()}, repeats)
+            entry = {name: summary(t, batch * length) for name, t in times.items()}
+            for e in entry.values():
+                e["tokens_per_second"] = e.pop("per_second")
+            entry["hope_over_llama"] = entry["hope"]["tokens_per_second"] / entry["llama"]["tokens_per_second"]
+            results.setdefault(str(batch), {})[str(length)] = entry
+            log(f"{label} batch {batch} length {length}: hope {entry['hope']['tokens_per_second']:.0f} tok/s, "
+                f"llama {entry['llama']['tokens_per_second']:.0f} tok/s, ratio {entry['hope_over_llama']:.3f}")
+    return results

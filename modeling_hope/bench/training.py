@@ -4,7 +4,7 @@ step), HOPE and Llama interleaved, best of N."""
 import time
 
 from .models import random_ids
-from .timing import interleaved, summary
+from .timing import throughput_sweep
 
 
 def train_step_seconds(model, ids) -> float:
@@ -19,19 +19,7 @@ def run(models: dict, batches, lengths, repeats: int, seed: int = 0, log=print) 
     for model in models.values():
         model.train()
         train_step_seconds(model, random_ids(model.config.vocab_size, 1, 64, seed))  # warm-up
-    results = {}
-    for batch in batches:
-        for length in lengths:
-            ids = random_ids(next(iter(models.values())).config.vocab_size, batch, length, seed + length)
-            times = interleaved({name: (lambda m=m: train_step_seconds(m, ids)) for name, m in models.items()},
-                                repeats)
-            entry = {name: summary(t, batch * length) for name, t in times.items()}
-            for e in entry.values():
-                e["tokens_per_second"] = e.pop("per_second")
-            entry["hope_over_llama"] = entry["hope"]["tokens_per_second"] / entry["llama"]["tokens_per_second"]
-            results.setdefault(str(batch), {})[str(length)] = entry
-            log(f"train batch {batch} length {length}: hope {entry['hope']['tokens_per_second']:.0f} tok/s, "
-                f"llama {entry['llama']['tokens_per_second']:.0f} tok/s, ratio {entry['hope_over_llama']:.3f}")
+    results = throughput_sweep(models, batches, lengths, repeats, seed, train_step_seconds, "train", log)
     return {"method": "one forward of the causal-LM loss on random tokens plus its backward, gradients dropped "
                       "after each step; the models alternate within each repeat (order swapped every repeat); "
                       "tokens/s = batch * length / best time",
