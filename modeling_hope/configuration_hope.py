@@ -36,6 +36,12 @@ class HopeConfig(PreTrainedConfig):
             updates, 0 = static), `lr` (in-context step size) and `outer_period` (optimizer steps between outer
             updates of a static level).
         memory_impl: `"chunked"` (parallel dual form, the default) or `"naive"` (token-by-token reference).
+        memory_recompute: chunks per recomputation segment of the memories' chunk loop in training (0: off). With
+            k > 0 backward keeps only the fast-weight state every k chunks and recomputes the chunks in between:
+            less activation memory (the long-context default to reach for), about one more forward of the loop.
+        compile_memory: `torch.compile` the memories' per-chunk step (fused elementwise kernels; a graph per chunk
+            shape, compiled on first use). `torch.compile(model)` leaves the chunk loop out of its graphs, so the
+            two combine.
     """
 
     model_type = "hope"
@@ -71,6 +77,8 @@ class HopeConfig(PreTrainedConfig):
     eta_max: float = 0.5
     cms_levels: list | None = None
     memory_impl: str = "chunked"
+    memory_recompute: int = 0
+    compile_memory: bool = False
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
@@ -113,6 +121,11 @@ class HopeConfig(PreTrainedConfig):
             fail("memory_impl", f"{self.memory_impl!r} is not one of {MEMORY_IMPLS}")
         if self.hidden_act != "silu":
             fail("hidden_act", f"only 'silu' (SwiGLU) levels are implemented, got {self.hidden_act!r}")
+        if not isinstance(self.memory_recompute, int) or isinstance(self.memory_recompute, bool) \
+                or self.memory_recompute < 0:
+            fail("memory_recompute", f"must be an integer >= 0 (chunks per segment, 0: off), got {self.memory_recompute!r}")
+        if not isinstance(self.compile_memory, bool):
+            fail("compile_memory", f"must be True or False, got {self.compile_memory!r}")
         if not isinstance(self.conv_size, int) or self.conv_size < 0:
             fail("conv_size", f"must be an integer >= 0, got {self.conv_size!r}")
         if not (self.rms_norm_eps > 0):

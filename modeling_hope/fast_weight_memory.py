@@ -21,6 +21,7 @@ from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 
 class FastWeights(NamedTuple):
@@ -63,9 +64,9 @@ def inner_update_factors(keys, targets, W1, W2, act: str, dgd: float, values=Non
     z = x @ W2.mT
     h = fn(z)
     w1h = h @ W1.mT
-    if values is not None:
-        targets = values + w1h[..., C:, :]
-        z, h, w1h = z[..., :C, :], h[..., :C, :], w1h[..., :C, :]
+    if values is not None:  # split, not slices: a slice's backward writes into zeros of the full size
+        (z, _), (h, _), (w1h, w1v) = (t.split(C, -2) for t in (z, h, w1h))
+        targets = values + w1v
     dh = grad(z)
     err = keys + w1h - targets
     b1 = (err + dgd * w1h) * step_scale_w1(h)
@@ -191,23 +192,33 @@ def end_state(state: FastWeights, factors, coefficients, complete) -> FastWeight
         W2 = A_end * state.W2 + c_end * state.S2 - (b2 * g).mT @ a2
         S1, S2 = state.S1, state.S2
     else:  # W and S take the same rank-one terms with other weights: one product each for both
-        gs = torch.cat(torch.broadcast_tensors(g, s_end[..., None]), -1)  # (..., C, 2)
-        d1, d2 = b1.shape[-1], a2.shape[-1]
-        u1 = (b1[..., None] * gs[..., None, :]).flatten(-2).mT @ a1  # (..., d*2, R) interleaved (g, s)
-        u2 = (b2[..., None] * gs[..., None, :]).flatten(-2).mT @ a2
-        u1, u2 = u1.unflatten(-2, (d1, 2)), u2.unflatten(-2, (b2.shape[-1], 2))
-        W1 = A_end * state.W1 + c_end * state.S1 - u1[..., 0, :]
-        W2 = A_end * state.W2 + c_end * state.S2 - u2[..., 0, :]
-        S1 = beta_end * state.S1 - u1[..., 1, :]
-        S2 = beta_end * state.S2 - u2[..., 1, :]
+        s = s_end[..., None]
+        u1w, u1s = (torch.cat([b1 * g, b1 * s], -1).mT @ a1).split(b1.shape[-1], -2)
+        u2w, u2s = (torch.cat([b2 * g, b2 * s], -1).mT @ a2).split(b2.shape[-1], -2)
+        W1 = A_end * state.W1 + c_end * state.S1 - u1w
+        W2 = A_end * state.W2 + c_end * state.S2 - u2w
+        S1 = beta_end * state.S1 - u1s
+        S2 = beta_end * state.S2 - u2s
+    if isinstance(complete, bool):  # the same for every row (see `_chunk_complete`)
+        return FastWeights(*((W1, W2) if complete else (state.W1_eval, state.W2_eval)), W1, W2, S1, S2)
     done = _rows(complete, W1)
     return FastWeights(torch.where(done, W1, state.W1_eval), torch.where(done, W2, state.W2_eval), W1, W2, S1, S2)
+
+
+def _chunk_complete(active, grid: SlotGrid):
+    """`complete(i, active_i)` for the scans: which rows' chunk ends with piece i. When every slot holds a token
+    (no padding, rows in step: training, single-sequence decoding) it is a Python bool, so `end_state` skips its
+    selects (one check per call, not one per chunk)."""
+    if bool(active.all()):
+        return lambda i, active_c: grid.ends[i]
+    return lambda i, active_c: active_c[:, -1] & grid.ends[i]
 
 
 def chunk_step(state: FastWeights, keys, targets, eta, log_alpha, log_beta, active, complete, act, dgd, queries=None):
     """One chunk for a group of memories: rank-one inner updates at the chunk-start weights, the dual-form read
     `o_j = q_j + W1_j act(W2_j q_j)` (W_j including tokens up to j) when `queries` is given, and the end state.
-    `complete` (B,) marks rows whose chunk ends here, so their next chunk is evaluated at the new weights."""
+    `complete` (B,) (or one bool for all rows) marks rows whose chunk ends here, so their next chunk is evaluated at
+    the new weights."""
     factors = inner_update_factors(keys, targets, state.W1_eval, state.W2_eval, act, dgd)
     coefficients = chunk_coefficients(eta, log_alpha, log_beta, active)
     out = dual_read(state, queries, factors, coefficients, act) if queries is not None else None
@@ -232,88 +243,165 @@ def _expand_groups(x, groups: int):
 
 
 def chunked_memory_scan(state, queries, keys, values, eta, log_alpha, log_beta, mask, counts, chunk, act, dgd,
-                        self_generated, lr_scale=1.0):
+                        self_generated, lr_scale=1.0, recompute=0, compile=False):
     """Output memory: reads o_t = M_{W_t}(q_t) while learning on (k_t, vhat_t). queries/keys/values (B,G,T,d),
-    eta/log_alpha (B,G,T), mask (B,T) prefix of real tokens. Returns outputs (B,G,T,d) and the new state."""
+    eta/log_alpha (B,G,T), mask (B,T) prefix of real tokens. Returns outputs (B,G,T,d) and the new state.
+    `recompute` and `compile`: see `scan_chunks` (the same in the other chunked scans)."""
     T = queries.shape[2]
-    lengths = mask.sum(-1)
     state = _restart_at_boundary(state, counts, chunk)
-    grid = slot_grid(counts, lengths, chunk)
+    grid = slot_grid(counts, mask.sum(-1), chunk)
     (q, k, v), active = _slots((queries, keys, values), grid, 2)
     (eta_s, la_s), _ = _slots((eta * lr_scale, log_alpha), grid, 2)
-    outs = []
-    pieces = zip(*_chunks((q, k, v, eta_s, la_s, active), grid.sizes), grid.ends)
-    for q_c, k_c, v_c, eta_c, la_c, active_c, ends in pieces:
-        act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta_c, la_c)
-        targets = memory_read(v_c, state.W1_eval, state.W2_eval, act) if self_generated else v_c
-        out, state = chunk_step(state, k_c, targets, eta_c, la_c, log_beta, act_f, active_c[:, -1] & ends, act,
-                                dgd, queries=q_c)
-        outs.append(out)
-    return from_slots(torch.cat(outs, 2), grid, T, 2), state
+    step_fn = compiled(memory_chunk_step) if compile else memory_chunk_step
+    complete = _chunk_complete(active, grid)
+
+    def step(state, i, q_c, k_c, v_c, eta_c, la_c, active_c):
+        out, state = step_fn(state, q_c, k_c, v_c, eta_c, la_c, active_c, complete(i, active_c), log_beta, act, dgd,
+                             self_generated)
+        return (out,), state
+
+    (outs,), state = scan_chunks(step, state, list(zip(*_chunks((q, k, v, eta_s, la_s, active), grid.sizes))),
+                                 recompute)
+    return from_slots(outs, grid, T, 2), state
 
 
 def chunked_projection_scan(state, inputs, adaptive, produce, log_beta, mask, counts, chunk, act, dgd,
-                            self_generated, lr_scale=1.0):
+                            self_generated, lr_scale=1.0, recompute=0, compile=False):
     """Projection memories: inputs (B, P, H, T, d) for the boxes k, v, eta, alpha; the boxes flagged in `adaptive`
     pass through their memory (at chunk-start weights), the others are read as they are. `produce(outputs)` maps the
     boxes' outputs to (keys, values (B,H,T,d), eta, log_alpha (B,H,T)). The adaptive memories then learn on
     (k_t, M(v_t)). Returns produce's four tensors for all T tokens and the new state."""
-    B, P, H, T, d = inputs.shape
-    lengths = mask.sum(-1)
+    T = inputs.shape[3]
     state = _restart_at_boundary(state, counts, chunk)
-    grid = slot_grid(counts, lengths, chunk)
+    grid = slot_grid(counts, mask.sum(-1), chunk)
     x, active = to_slots(inputs, grid, 3)
-    sel = torch.tensor(adaptive, device=inputs.device)
-    G = int(sel.sum()) * H
-    results = []
-    for u, active_c, ends in zip(x.split(grid.sizes, 3), active.split(grid.sizes, 1), grid.ends):
-        n = u.shape[3]
-        mem_in = u[:, sel].reshape(B, G, n, d)
-        mem_out = memory_read(mem_in, state.W1_eval, state.W2_eval, act).view(B, -1, H, n, d)
-        outs = u.clone()
-        outs[:, sel] = mem_out
-        keys, values, eta, log_alpha = produce(outs)
-        results.append((keys, values, eta, log_alpha))
-        act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta * lr_scale, log_alpha)
-        k_g, v_g = _expand_groups(keys, G), _expand_groups(values, G)
-        targets = memory_read(v_g, state.W1_eval, state.W2_eval, act) if self_generated else v_g
-        _, state = chunk_step(state, k_g, targets, _expand_groups(eta_c, G), _expand_groups(la_c, G), log_beta,
-                              act_f, active_c[:, -1] & ends, act, dgd)
-    produced = [from_slots(torch.cat(parts, 2), grid, T, 2) for parts in zip(*results)]
-    return (*produced, state)
+    step_fn = compiled(projection_chunk_step) if compile else projection_chunk_step
+    complete = _chunk_complete(active, grid)
+
+    def step(state, i, u, active_c):
+        return step_fn(state, u, active_c, complete(i, active_c), adaptive, produce, log_beta, act, dgd,
+                       self_generated, lr_scale)
+
+    produced, state = scan_chunks(step, state, list(zip(x.split(grid.sizes, 3), active.split(grid.sizes, 1))),
+                                  recompute)
+    return (*(from_slots(t, grid, T, 2) for t in produced), state)
 
 
 def chunked_fused_scan(state, queries, inputs, adaptive, produce, log_beta, mask, counts, chunk, act, dgd,
-                       self_generated, lr_scale=1.0):
+                       self_generated, lr_scale=1.0, recompute=0, compile=False):
     """Projection memories and output memory in one pass when they share the chunk size: per chunk, the projection
     memories produce k, v, eta, alpha at their chunk-start weights, then all P memories (stacked: state tensors
     (B, P, H, ...), the output memory last) take their updates in one batched computation, sharing the per-head
     decay/momentum coefficients; the output memory also reads. Same results as `chunked_projection_scan` followed
     by `chunked_memory_scan`. Returns (outputs (B,H,T,d), the new state)."""
-    B, _, H, T, d = inputs.shape
-    lengths = mask.sum(-1)
+    T = inputs.shape[3]
     state = _restart_at_boundary(state, counts, chunk)
-    grid = slot_grid(counts, lengths, chunk)
+    grid = slot_grid(counts, mask.sum(-1), chunk)
     (x, q), active = _slots((inputs, queries[:, None]), grid, 3)
-    sel = torch.tensor(adaptive, device=inputs.device)
-    n_adaptive = int(sel.sum())
+    step_fn = compiled(fused_chunk_step) if compile else fused_chunk_step
+    complete = _chunk_complete(active, grid)
+
+    def step(state, i, u, q_c, active_c):
+        out, state = step_fn(state, u, q_c, active_c, complete(i, active_c), adaptive, produce, log_beta, act, dgd,
+                             self_generated, lr_scale)
+        return (out,), state
+
+    pieces = list(zip(x.split(grid.sizes, 3), q[:, 0].split(grid.sizes, 2), active.split(grid.sizes, 1)))
+    (outs,), state = scan_chunks(step, state, pieces, recompute)
+    return from_slots(outs, grid, T, 2), state
+
+
+@torch.compiler.disable
+def scan_chunks(step, state, pieces, recompute: int = 0):
+    """Runs `outs_i, state = step(state, i, *pieces[i])` over the pieces (outs_i a tuple of (B, G, n_i, ...)
+    tensors) and returns the outputs concatenated along the slot axis, and the final state.
+
+    `recompute` = k > 0, while autograd records: every k pieces form one `torch.utils.checkpoint` segment, so
+    backward keeps only the state at segment boundaries (with the segments' inputs and outputs) and recomputes a
+    segment's chunks when it reaches them: activation memory stops growing with the number of chunks times their
+    C x C intermediates, for about one more forward of the loop.
+    The loop stays outside `torch.compile(model)` (unrolled it would make one graph per length, minutes each);
+    `compile` in the scans compiles the per-chunk step instead, a graph per chunk shape."""
+
+    def run(first, state, *flat):
+        n = len(flat) // len(pieces[0])
+        outs = []
+        for j in range(n):
+            out, state = step(state, first + j, *flat[j::n])
+            outs.append(out)
+        return tuple(torch.cat(parts, 2) for parts in zip(*outs)), state
+
+    if not (recompute and torch.is_grad_enabled()):
+        return run(0, state, *(t for part in zip(*pieces) for t in part))
     outs = []
-    pieces = zip(x.split(grid.sizes, 3), q[:, 0].split(grid.sizes, 2), active.split(grid.sizes, 1), grid.ends)
-    for u, q_c, active_c, ends in pieces:
-        produced = u
-        if n_adaptive:
-            produced = u.clone()
-            produced[:, sel] = memory_read(u[:, sel], state.W1_eval[:, :n_adaptive], state.W2_eval[:, :n_adaptive], act)
-        keys, values, eta, log_alpha = produce(produced)
-        act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta * lr_scale, log_alpha)
-        values = values[:, None]
-        factors = inner_update_factors(keys[:, None], None if self_generated else values, state.W1_eval,
-                                       state.W2_eval, act, dgd, values=values if self_generated else None)
-        coefficients = [t if t is None else t[:, None] for t in chunk_coefficients(eta_c, la_c, log_beta, act_f)]
-        mem = FastWeights(*(t[:, -1] for t in state))
-        outs.append(dual_read(mem, q_c, [f[:, -1] for f in factors], [t[:, 0] for t in coefficients[:3]], act))
-        state = end_state(state, factors, coefficients, active_c[:, -1] & ends)
-    return from_slots(torch.cat(outs, 2), grid, T, 2), state
+    for first in range(0, len(pieces), recompute):
+        flat = [t for part in zip(*pieces[first:first + recompute]) for t in part]  # grouped by field
+        out, state = torch.utils.checkpoint.checkpoint(run, first, state, *flat, use_reentrant=False)
+        outs.append(out)
+    return tuple(torch.cat(parts, 2) for parts in zip(*outs)), state
+
+
+_COMPILED = {}
+
+
+def compiled(fn):
+    """`torch.compile(fn)`, made once per step function (its graphs are then cached per chunk shape)."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    return _COMPILED[fn]
+
+
+def memory_chunk_step(state, q_c, k_c, v_c, eta_c, la_c, active_c, complete, log_beta, act, dgd, self_generated):
+    """One chunk of `chunked_memory_scan`."""
+    act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta_c, la_c)
+    targets = memory_read(v_c, state.W1_eval, state.W2_eval, act) if self_generated else v_c
+    return chunk_step(state, k_c, targets, eta_c, la_c, log_beta, act_f, complete, act, dgd, queries=q_c)
+
+
+def read_boxes(u, W1, W2, adaptive, act):
+    """The box inputs u (B, 4, H, n, d) with the adaptive ones passed through their memories (W (B, n_adaptive*H
+    or (B, n_adaptive, H, ...)); static boxes pass through as they are (a stack, not an index_put: its backward
+    is a scatter)."""
+    n_adaptive = sum(adaptive)
+    if not n_adaptive:
+        return u
+    B, _, H, n, d = u.shape
+    which = [i for i, a in enumerate(adaptive) if a]
+    selected = u if n_adaptive == len(adaptive) else u[:, which]
+    read = memory_read(selected.reshape(B, *W1.shape[1:-2], n, d), W1, W2, act).view(B, n_adaptive, H, n, d)
+    if n_adaptive == len(adaptive):
+        return read
+    read = iter(read.unbind(1))
+    return torch.stack([next(read) if a else box for a, box in zip(adaptive, u.unbind(1))], 1)
+
+
+def projection_chunk_step(state, u, active_c, complete, adaptive, produce, log_beta, act, dgd, self_generated,
+                          lr_scale):
+    """One chunk of `chunked_projection_scan`: the boxes' outputs at the chunk-start weights, then the updates."""
+    G = state.W1.shape[1]
+    keys, values, eta, log_alpha = produced = produce(read_boxes(u, state.W1_eval, state.W2_eval, adaptive, act))
+    act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta * lr_scale, log_alpha)
+    k_g, v_g = _expand_groups(keys, G), _expand_groups(values, G)
+    targets = memory_read(v_g, state.W1_eval, state.W2_eval, act) if self_generated else v_g
+    _, state = chunk_step(state, k_g, targets, _expand_groups(eta_c, G), _expand_groups(la_c, G), log_beta, act_f,
+                          complete, act, dgd)
+    return produced, state
+
+
+def fused_chunk_step(state, u, q_c, active_c, complete, adaptive, produce, log_beta, act, dgd, self_generated,
+                     lr_scale):
+    """One chunk of `chunked_fused_scan`: u (B, 4, H, C, d) box inputs, q_c (B, H, C, d) queries."""
+    n_adaptive = sum(adaptive)
+    keys, values, eta, log_alpha = produce(read_boxes(u, state.W1_eval[:, :n_adaptive],
+                                                      state.W2_eval[:, :n_adaptive], adaptive, act))
+    act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta * lr_scale, log_alpha)
+    values = values[:, None]
+    factors = inner_update_factors(keys[:, None], None if self_generated else values, state.W1_eval,
+                                   state.W2_eval, act, dgd, values=values if self_generated else None)
+    coefficients = [t if t is None else t[:, None] for t in chunk_coefficients(eta_c, la_c, log_beta, act_f)]
+    mem = FastWeights(*(t[:, -1] for t in state))
+    out = dual_read(mem, q_c, [f[:, -1] for f in factors], [t[:, 0] for t in coefficients[:3]], act)
+    return out, end_state(state, factors, coefficients, complete)
 
 
 def _chunks(tensors, sizes):

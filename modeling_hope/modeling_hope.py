@@ -55,9 +55,13 @@ class ShortConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(channels, size))
 
     def forward(self, x, lengths, state):
-        size = self.weight.shape[1]
+        size, L = self.weight.shape[1], x.shape[1]
         xs = torch.cat([state.to(x.dtype), x], 1)
-        out = F.conv1d(xs.transpose(1, 2), self.weight[:, None, :], groups=x.shape[-1]).transpose(1, 2)
+        # out_t = sum_k w_k * xs_{t+k}: a few shifted products beat depthwise conv1d here (its backward above all,
+        # and a decoded token's L = 1 call), and keep the (B, L, C) layout
+        out = xs[:, :L] * self.weight[:, 0]
+        for k in range(1, size):
+            out = out + xs[:, k:k + L] * self.weight[:, k]
         new_state = gather_rows(xs, lengths[:, None] + torch.arange(size - 1, device=x.device))
         return out, new_state
 
@@ -178,6 +182,8 @@ class HopeMemoryMixer(nn.Module):
         log_beta = F.logsigmoid(self.beta_logit) if self.beta_logit is not None else None
         common = dict(act=cfg.memory_activation, dgd=1.0 if cfg.use_dgd else 0.0,
                       self_generated=cfg.self_generated_values)
+        if cfg.memory_impl == "chunked":
+            common.update(recompute=cfg.memory_recompute, compile=cfg.compile_memory)
         memory = FastWeights(*(state[f"memory.{f}"] for f in FastWeights._fields))
         C, Cp = cfg.memory_chunk_size, cfg.projection_chunk_size
         if cfg.memory_impl == "chunked" and C == Cp:
@@ -425,7 +431,8 @@ class HopeModel(HopePreTrainedModel):
             h, _ = self._layers(x, compact_mask, cache)
             cache.shared.tensors["counts"] = cache.counts + lengths
         cache.seen_columns += L
-        h = torch.empty_like(h).scatter(1, order[..., None].expand_as(h), h)
+        h = gather_rows(h, order.argsort(1))  # back to the input order (a gather: inductor's CPU codegen fails on
+        # the scatter into empty_like this was, when fused with the norm)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(h), cache=cache if use_cache else None)
 
     def _rounds(self, x, lengths, ids, cache: HopeCache, teach_signal):
@@ -493,6 +500,10 @@ class HopeModel(HopePreTrainedModel):
         shared["counts"] = counts
         shared["pending"] = shared["pending"] | rows
         shared["pending_h"] = torch.where(rows[:, None], h[torch.arange(len(take)), last], shared["pending_h"])
+        all_rows = bool(rows.all())  # selects only where some rows differ (decoding one token is mostly this)
+        steps = {period: rows & (counts % period == 0) for period in {layer.cms[l].period for layer in self.layers
+                                                                       for l in self.config.in_context_levels}}
+        any_step = {period: bool(step.any()) for period, step in steps.items()}
         for layer_state, layer, recs in zip(cache.layers, self.layers, records):
             st = dict(layer_state.tensors)
             for l, z, g, v in recs:
@@ -502,13 +513,16 @@ class HopeModel(HopePreTrainedModel):
                 for key, value in (("pend_z", z[at_last]), ("pend_g", g[at_last]), ("pend_v", v[at_last]),
                                    ("pend_down", down)):
                     keep = rows.view(-1, *([1] * (value.dim() - 1)))
-                    st[f"cms{l}.{key}"] = torch.where(keep, value, st[f"cms{l}.{key}"])
+                    st[f"cms{l}.{key}"] = value if all_rows else torch.where(keep, value, st[f"cms{l}.{key}"])
                 level = layer.cms[l]
-                step = (rows & (counts % level.period == 0)).view(-1, 1, 1)
+                step = steps[level.period].view(-1, 1, 1)
                 for name, g_new in zip(WEIGHT_NAMES, grads):
                     acc = st[f"cms{l}.grad_{name}"] + g_new
-                    st[f"cms{l}.{name}"] = torch.where(step, st[f"cms{l}.{name}"] - level.lr * acc, st[f"cms{l}.{name}"])
-                    st[f"cms{l}.grad_{name}"] = torch.where(step, torch.zeros_like(acc), acc)
+                    if any_step[level.period]:
+                        st[f"cms{l}.{name}"] = torch.where(step, st[f"cms{l}.{name}"] - level.lr * acc,
+                                                           st[f"cms{l}.{name}"])
+                        acc = torch.where(step, torch.zeros_like(acc), acc)
+                    st[f"cms{l}.grad_{name}"] = acc
             layer_state.tensors = st
 
 

@@ -1,5 +1,7 @@
 """The chunked operators against their naive token-by-token references: values, final states and gradients."""
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -33,8 +35,9 @@ def check_close(a, b, tol=1e-10):
 
 @pytest.mark.parametrize("chunk", [1, 3, 4, 16])
 @pytest.mark.parametrize("momentum", [True, False])
-@pytest.mark.parametrize("act,dgd,self_generated", [("silu", 1.0, True), ("gelu", 0.0, False)])
-def test_memory_scan_matches_naive(chunk, momentum, act, dgd, self_generated):
+@pytest.mark.parametrize("act,dgd,self_generated,recompute", [("silu", 1.0, True, 0), ("gelu", 0.0, False, 0),
+                                                              ("silu", 1.0, True, 2)])
+def test_memory_scan_matches_naive(chunk, momentum, act, dgd, self_generated, recompute):
     gen = torch.Generator().manual_seed(chunk)
     mask = torch.arange(T)[None] < LENGTHS[:, None]
     state = leaves(*random_state(H, chunk, gen))
@@ -44,7 +47,8 @@ def test_memory_scan_matches_naive(chunk, momentum, act, dgd, self_generated):
     log_beta = leaves(torch.log(0.9 * torch.rand(H, generator=gen)))[0] if momentum else None
     inputs = [*state, q, k, v, eta, log_alpha] + ([log_beta] if momentum else [])
     results = []
-    for scan in (chunked_memory_scan, naive_memory_scan):
+    chunked = partial(chunked_memory_scan, recompute=recompute)
+    for scan in (chunked, naive_memory_scan):
         out, new = scan(FastWeights(*state), q, k, v, eta, log_alpha, log_beta, mask, COUNTS, chunk, act, dgd, self_generated)
         weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
         loss = (out * weights * mask[:, None, :, None]).sum() + sum((t * t).sum() * 0.1 for t in new)
@@ -66,8 +70,8 @@ def produce(outs):
 
 
 @pytest.mark.parametrize("adaptive", [(True, True, True, True), (False, True, False, True), (True, False, False, False)])
-@pytest.mark.parametrize("chunk", [1, 3, 5])
-def test_projection_scan_matches_naive(adaptive, chunk):
+@pytest.mark.parametrize("chunk,recompute", [(1, 0), (3, 0), (5, 0), (1, 3), (3, 2)])
+def test_projection_scan_matches_naive(adaptive, chunk, recompute):
     gen = torch.Generator().manual_seed(10 + chunk)
     mask = torch.arange(T)[None] < LENGTHS[:, None]
     G = sum(adaptive) * H
@@ -75,7 +79,7 @@ def test_projection_scan_matches_naive(adaptive, chunk):
     inputs, = leaves(0.5 * torch.randn(B, 4, H, T, d, generator=gen))
     log_beta, = leaves(torch.log(0.9 * torch.rand(G, generator=gen)))
     results = []
-    for scan in (chunked_projection_scan, naive_projection_scan):
+    for scan in (partial(chunked_projection_scan, recompute=recompute), naive_projection_scan):
         *produced, new = scan(FastWeights(*state), inputs, adaptive, produce, log_beta, mask, COUNTS, chunk, "silu", 1.0, True)
         loss = sum((p * mask.view(B, 1, T, *([1] * (p.dim() - 3))) * (i + 1)).sum() for i, p in enumerate(produced))
         loss = loss + sum((t * t).sum() * 0.1 for t in new)
@@ -91,10 +95,10 @@ def test_projection_scan_matches_naive(adaptive, chunk):
 
 
 @pytest.mark.parametrize("adaptive", [(True, True, True, True), (False, True, True, False), (False,) * 4])
-@pytest.mark.parametrize("momentum", [True, False])
-def test_fused_scan_matches_naive_projection_then_memory(adaptive, momentum):
+@pytest.mark.parametrize("momentum,recompute", [(True, 0), (False, 0), (True, 2)])
+def test_fused_scan_matches_naive_projection_then_memory(adaptive, momentum, recompute):
     """The fused pass (all memories of a head in one batched computation per chunk) equals the naive projection
-    scan followed by the naive output-memory scan."""
+    scan followed by the naive output-memory scan; so does it with recomputation segments (`recompute`)."""
     chunk, P = 3, sum(adaptive) + 1
     gen = torch.Generator().manual_seed(20)
     mask = torch.arange(T)[None] < LENGTHS[:, None]
@@ -103,7 +107,7 @@ def test_fused_scan_matches_naive_projection_then_memory(adaptive, momentum):
     log_beta = leaves(torch.log(0.9 * torch.rand(H, generator=gen)))[0] if momentum else None
     params = [*state, inputs, q] + ([log_beta] if momentum else [])
     out, new = chunked_fused_scan(FastWeights(*state), q, inputs, adaptive, produce, log_beta, mask, COUNTS, chunk,
-                                  "silu", 1.0, True, lr_scale=0.5)
+                                  "silu", 1.0, True, lr_scale=0.5, recompute=recompute)
     n = P - 1
     if n:
         proj = FastWeights(*(t[:, :n].flatten(1, 2) for t in state))
