@@ -28,9 +28,8 @@ WEIGHT_NAMES = ("gate", "up", "down")
 
 def swiglu_per_row(z, gate, up, down):
     """SwiGLU with per-row weights: z (B, T, d), gate/up (B, I, d), down (B, d, I). Returns (out, g, v)."""
-    g = torch.einsum("btd,bid->bti", z, gate)
-    v = torch.einsum("btd,bid->bti", z, up)
-    return torch.einsum("bti,bdi->btd", F.silu(g) * v, down), g, v
+    g, v = z @ gate.mT, z @ up.mT
+    return (F.silu(g) * v) @ down.mT, g, v
 
 
 def teach_gradients(z, g, v, down, delta):

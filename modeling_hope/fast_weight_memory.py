@@ -102,19 +102,23 @@ class SlotGrid(NamedTuple):
     stop: int
     sizes: list
     ends: list
+    dense: bool  # every row holds all T tokens at the same offset: the slots are the tokens themselves
 
 
-def slot_grid(counts, lengths, chunk: int) -> SlotGrid:
+def slot_grid(counts, lengths, chunk: int, T: int) -> SlotGrid:
     offset = counts % chunk
     start = int(offset.min())
     stop = max(int((offset + lengths).max()), start + 1)
+    dense = T > 0 and int(offset.max()) == start and int(lengths.min()) == T
     edges = [start, *range(chunk, stop, chunk), stop]  # start < chunk: every multiple of chunk below stop is inside
     return SlotGrid(offset, lengths, start, stop, [b - a for a, b in zip(edges, edges[1:])],
-                    [b % chunk == 0 for b in edges[1:]])
+                    [b % chunk == 0 for b in edges[1:]], dense)
 
 
 def to_slots(x, grid: SlotGrid, dim: int = 2):
     """Place compacted tokens (along `dim`) at their slots. Returns (slots, active (B, S))."""
+    if grid.dense:  # no gathers (a decoded token, an unpadded batch)
+        return x, torch.ones(x.shape[0], x.shape[dim], dtype=torch.bool, device=x.device)
     j = torch.arange(grid.start, grid.stop, device=x.device)[None, :] - grid.offset[:, None]  # (B, S)
     active = (j >= 0) & (j < grid.lengths[:, None])
     return _gather(x, j.clamp(0, x.shape[dim] - 1), dim), active
@@ -122,6 +126,8 @@ def to_slots(x, grid: SlotGrid, dim: int = 2):
 
 def from_slots(y, grid: SlotGrid, length: int, dim: int = 2):
     """Inverse of `to_slots` for the first `length` compacted positions."""
+    if grid.dense:
+        return y.narrow(dim, 0, length)
     j = torch.arange(length, device=y.device)[None, :] + (grid.offset - grid.start)[:, None]
     return _gather(y, j.clamp(0, y.shape[dim] - 1), dim)
 
@@ -166,6 +172,21 @@ def chunk_coefficients(eta, log_alpha, log_beta, active):
     return log_A.exp(), c, gamma * eta[..., None, :], beta_end, s_end
 
 
+def slot_coefficients(eta, log_alpha, log_beta, active):
+    """`chunk_coefficients` for a one-slot piece (a decoded token), in closed form: with m the slot's flag,
+    S_1 = beta^m S_0 - eta u, W_1 = alpha W_0 + m S_1, so A = alpha, c = m beta^m, G = eta, beta_C = beta^m,
+    s = eta (eta and log alpha are already zero at a no-op slot)."""
+    if log_beta is None:
+        return log_alpha.exp(), torch.zeros_like(eta), eta[..., None], None, None
+    beta_m = (active * log_beta[:, None]).exp()
+    return log_alpha.exp(), active * beta_m, eta[..., None], beta_m[..., None], eta
+
+
+def coefficients_for(eta, log_alpha, log_beta, active):
+    one_slot = eta.shape[-1] == 1
+    return (slot_coefficients if one_slot else chunk_coefficients)(eta, log_alpha, log_beta, active)
+
+
 def _rows(flag, like):
     """(B,) flag -> broadcastable against a (B, ...) state tensor."""
     return flag.view(-1, *([1] * (like.dim() - 1)))
@@ -191,6 +212,11 @@ def end_state(state: FastWeights, factors, coefficients, complete) -> FastWeight
         W1 = A_end * state.W1 + c_end * state.S1 - (b1 * g).mT @ a1
         W2 = A_end * state.W2 + c_end * state.S2 - (b2 * g).mT @ a2
         S1, S2 = state.S1, state.S2
+    elif b1.shape[-2] == 1:  # one slot: W and S take the same term eta b a^T
+        u1, u2 = (b1 * g).mT @ a1, (b2 * g).mT @ a2
+        W1 = A_end * state.W1 + c_end * state.S1 - u1
+        W2 = A_end * state.W2 + c_end * state.S2 - u2
+        S1, S2 = beta_end * state.S1 - u1, beta_end * state.S2 - u2
     else:  # W and S take the same rank-one terms with other weights: one product each for both
         s = s_end[..., None]
         u1w, u1s = (torch.cat([b1 * g, b1 * s], -1).mT @ a1).split(b1.shape[-1], -2)
@@ -209,7 +235,7 @@ def _chunk_complete(active, grid: SlotGrid):
     """`complete(i, active_i)` for the scans: which rows' chunk ends with piece i. When every slot holds a token
     (no padding, rows in step: training, single-sequence decoding) it is a Python bool, so `end_state` skips its
     selects (one check per call, not one per chunk)."""
-    if bool(active.all()):
+    if grid.dense or bool(active.all()):
         return lambda i, active_c: grid.ends[i]
     return lambda i, active_c: active_c[:, -1] & grid.ends[i]
 
@@ -220,9 +246,13 @@ def chunk_step(state: FastWeights, keys, targets, eta, log_alpha, log_beta, acti
     `complete` (B,) (or one bool for all rows) marks rows whose chunk ends here, so their next chunk is evaluated at
     the new weights."""
     factors = inner_update_factors(keys, targets, state.W1_eval, state.W2_eval, act, dgd)
-    coefficients = chunk_coefficients(eta, log_alpha, log_beta, active)
-    out = dual_read(state, queries, factors, coefficients, act) if queries is not None else None
-    return out, end_state(state, factors, coefficients, complete)
+    coefficients = coefficients_for(eta, log_alpha, log_beta, active)
+    new = end_state(state, factors, coefficients, complete)
+    if queries is None:
+        return None, new
+    if keys.shape[-2] == 1:  # one slot: its weights W_1 are the end state's, cheaper to read than the dual form
+        return memory_read(queries, new.W1, new.W2, act), new
+    return dual_read(state, queries, factors, coefficients, act), new
 
 
 def _restart_at_boundary(state: FastWeights, counts, chunk: int) -> FastWeights:
@@ -249,7 +279,7 @@ def chunked_memory_scan(state, queries, keys, values, eta, log_alpha, log_beta, 
     `recompute` and `compile`: see `scan_chunks` (the same in the other chunked scans)."""
     T = queries.shape[2]
     state = _restart_at_boundary(state, counts, chunk)
-    grid = slot_grid(counts, mask.sum(-1), chunk)
+    grid = slot_grid(counts, mask.sum(-1), chunk, mask.shape[1])
     (q, k, v), active = _slots((queries, keys, values), grid, 2)
     (eta_s, la_s), _ = _slots((eta * lr_scale, log_alpha), grid, 2)
     step_fn = compiled(memory_chunk_step) if compile else memory_chunk_step
@@ -273,7 +303,7 @@ def chunked_projection_scan(state, inputs, adaptive, produce, log_beta, mask, co
     (k_t, M(v_t)). Returns produce's four tensors for all T tokens and the new state."""
     T = inputs.shape[3]
     state = _restart_at_boundary(state, counts, chunk)
-    grid = slot_grid(counts, mask.sum(-1), chunk)
+    grid = slot_grid(counts, mask.sum(-1), chunk, mask.shape[1])
     x, active = to_slots(inputs, grid, 3)
     step_fn = compiled(projection_chunk_step) if compile else projection_chunk_step
     complete = _chunk_complete(active, grid)
@@ -296,7 +326,7 @@ def chunked_fused_scan(state, queries, inputs, adaptive, produce, log_beta, mask
     by `chunked_memory_scan`. Returns (outputs (B,H,T,d), the new state)."""
     T = inputs.shape[3]
     state = _restart_at_boundary(state, counts, chunk)
-    grid = slot_grid(counts, mask.sum(-1), chunk)
+    grid = slot_grid(counts, mask.sum(-1), chunk, mask.shape[1])
     (x, q), active = _slots((inputs, queries[:, None]), grid, 3)
     step_fn = compiled(fused_chunk_step) if compile else fused_chunk_step
     complete = _chunk_complete(active, grid)
@@ -398,10 +428,12 @@ def fused_chunk_step(state, u, q_c, active_c, complete, adaptive, produce, log_b
     values = values[:, None]
     factors = inner_update_factors(keys[:, None], None if self_generated else values, state.W1_eval,
                                    state.W2_eval, act, dgd, values=values if self_generated else None)
-    coefficients = [t if t is None else t[:, None] for t in chunk_coefficients(eta_c, la_c, log_beta, act_f)]
+    coefficients = [t if t is None else t[:, None] for t in coefficients_for(eta_c, la_c, log_beta, act_f)]
+    new = end_state(state, factors, coefficients, complete)
+    if q_c.shape[-2] == 1:  # one slot (see chunk_step)
+        return memory_read(q_c, new.W1[:, -1], new.W2[:, -1], act), new
     mem = FastWeights(*(t[:, -1] for t in state))
-    out = dual_read(mem, q_c, [f[:, -1] for f in factors], [t[:, 0] for t in coefficients[:3]], act)
-    return out, end_state(state, factors, coefficients, complete)
+    return dual_read(mem, q_c, [f[:, -1] for f in factors], [t[:, 0] for t in coefficients[:3]], act), new
 
 
 def _chunks(tensors, sizes):

@@ -462,7 +462,7 @@ class HopeModel(HopePreTrainedModel):
                 with torch.no_grad():
                     delta = teach_signal(h.detach(), targets)
             else:  # e.g. one decoded token: its target comes with the next call (pending)
-                delta = torch.zeros_like(h.detach())
+                delta = None
             self._learn(cache, records, delta, take, h.detach())
             out_idx.append(torch.where(rmask, idx, L))  # pads of the round go to a dropped extra column
             out_h.append(h)
@@ -491,8 +491,9 @@ class HopeModel(HopePreTrainedModel):
         shared["pending"] = shared["pending"] & ~pending
 
     def _learn(self, cache, records, delta, take, h):
-        """Accumulate the round's contributions, keep its last position pending, advance the counters and step the
-        levels whose period boundary was reached: theta <- theta - lr * sum_t g_t."""
+        """Accumulate the round's contributions (none when `delta` is None: no position of the round has its target
+        yet), keep its last position pending, advance the counters and step the levels whose period boundary was
+        reached: theta <- theta - lr * sum_t g_t."""
         rows = take > 0
         last = (take - 1).clamp(min=0)
         shared = cache.shared.tensors
@@ -508,7 +509,7 @@ class HopeModel(HopePreTrainedModel):
             st = dict(layer_state.tensors)
             for l, z, g, v in recs:
                 down = st[f"cms{l}.down"].detach()
-                grads = teach_gradients(z, g, v, down, delta)
+                grads = teach_gradients(z, g, v, down, delta) if delta is not None else (None,) * 3
                 at_last = torch.arange(len(take), device=take.device), last
                 for key, value in (("pend_z", z[at_last]), ("pend_g", g[at_last]), ("pend_v", v[at_last]),
                                    ("pend_down", down)):
@@ -517,7 +518,7 @@ class HopeModel(HopePreTrainedModel):
                 level = layer.cms[l]
                 step = steps[level.period].view(-1, 1, 1)
                 for name, g_new in zip(WEIGHT_NAMES, grads):
-                    acc = st[f"cms{l}.grad_{name}"] + g_new
+                    acc = st[f"cms{l}.grad_{name}"] if g_new is None else st[f"cms{l}.grad_{name}"] + g_new
                     if any_step[level.period]:
                         st[f"cms{l}.{name}"] = torch.where(step, st[f"cms{l}.{name}"] - level.lr * acc,
                                                            st[f"cms{l}.{name}"])
