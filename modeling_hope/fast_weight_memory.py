@@ -272,6 +272,7 @@ def _expand_groups(x, groups: int):
     return x if x.shape[1] == groups else x.repeat(1, groups // x.shape[1], *([1] * (x.dim() - 2)))
 
 
+@torch.compiler.disable
 def chunked_memory_scan(state, queries, keys, values, eta, log_alpha, log_beta, mask, counts, chunk, act, dgd,
                         self_generated, lr_scale=1.0, recompute=0, compile=False):
     """Output memory: reads o_t = M_{W_t}(q_t) while learning on (k_t, vhat_t). queries/keys/values (B,G,T,d),
@@ -295,6 +296,7 @@ def chunked_memory_scan(state, queries, keys, values, eta, log_alpha, log_beta, 
     return from_slots(outs, grid, T, 2), state
 
 
+@torch.compiler.disable
 def chunked_projection_scan(state, inputs, adaptive, produce, log_beta, mask, counts, chunk, act, dgd,
                             self_generated, lr_scale=1.0, recompute=0, compile=False):
     """Projection memories: inputs (B, P, H, T, d) for the boxes k, v, eta, alpha; the boxes flagged in `adaptive`
@@ -317,6 +319,7 @@ def chunked_projection_scan(state, inputs, adaptive, produce, log_beta, mask, co
     return (*(from_slots(t, grid, T, 2) for t in produced), state)
 
 
+@torch.compiler.disable
 def chunked_fused_scan(state, queries, inputs, adaptive, produce, log_beta, mask, counts, chunk, act, dgd,
                        self_generated, lr_scale=1.0, recompute=0, compile=False):
     """Projection memories and output memory in one pass when they share the chunk size: per chunk, the projection
@@ -341,7 +344,6 @@ def chunked_fused_scan(state, queries, inputs, adaptive, produce, log_beta, mask
     return from_slots(outs, grid, T, 2), state
 
 
-@torch.compiler.disable
 def scan_chunks(step, state, pieces, recompute: int = 0):
     """Runs `outs_i, state = step(state, i, *pieces[i])` over the pieces (outs_i a tuple of (B, G, n_i, ...)
     tensors) and returns the outputs concatenated along the slot axis, and the final state.
@@ -350,7 +352,8 @@ def scan_chunks(step, state, pieces, recompute: int = 0):
     backward keeps only the state at segment boundaries (with the segments' inputs and outputs) and recomputes a
     segment's chunks when it reaches them: activation memory stops growing with the number of chunks times their
     C x C intermediates, for about one more forward of the loop.
-    The loop stays outside `torch.compile(model)` (unrolled it would make one graph per length, minutes each);
+    The chunked scans stay outside `torch.compile(model)`: unrolled, the loop would make one graph per length
+    (minutes each), and the slot grid's Python ints, new at every decoded token, one recompile per token.
     `compile` in the scans compiles the per-chunk step instead, a graph per chunk shape."""
 
     def run(first, state, *flat):

@@ -32,10 +32,10 @@ class HopeRMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x):
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * x.to(dtype)
+        # the fused op keeps x and 1/rms for backward, not three (T, d) intermediates
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, x.shape[-1:], self.weight, eps=self.variance_epsilon)
+        return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.variance_epsilon).to(x.dtype)
 
 
 def l2norm(x):
@@ -177,7 +177,8 @@ class HopeMemoryMixer(nn.Module):
         if self.conv is not None:
             u, new_state["conv"] = self.conv(u, lengths, state["conv"])
         q, *boxes = (self._heads(part) for part in u.split(x.shape[-1], -1))
-        q = l2norm(F.silu(q))
+        # silu saves its input for backward: a copy of q, not a view that keeps all five projections alive
+        q = l2norm(F.silu(q.contiguous()))
         inputs = torch.stack(boxes, 1)  # (B, 4, H, L, d)
         log_beta = F.logsigmoid(self.beta_logit) if self.beta_logit is not None else None
         common = dict(act=cfg.memory_activation, dgd=1.0 if cfg.use_dgd else 0.0,

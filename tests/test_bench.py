@@ -7,7 +7,7 @@ import pytest
 
 from modeling_hope.cli import main as hope_main
 
-SECTIONS = ("train", "prefill", "decode", "cache_size", "memory", "operators", "naive_model")
+SECTIONS = ("train", "prefill", "decode", "cache_size", "memory", "operators", "naive_model", "compile")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@
 Sections: train (forward+backward tokens/s), prefill (tokens/s), decode (ms/token at several contexts), memory (peak
 RSS of one step, fresh child process each), cache_size (state bytes per sequence, paper presets), operators (chunked
 memory scans against their naive references), naive_model (the whole model with naive memories, forward+backward,
-at a short length). A section left out, or a length skipped, is recorded under "skipped" with the reason."""
+at a short length), compile (torch.compile with the compiled chunk step against eager: training and decoding). A section left out, or a length skipped, is recorded under "skipped" with the reason."""
 
 import argparse
 import json
@@ -18,12 +18,13 @@ from pathlib import Path
 
 import torch
 
-from . import cache_size, decode, machine, operators, peak_memory, prefill, targets, training
+from . import cache_size, compiled, decode, machine, operators, peak_memory, prefill, targets, training
 from .models import MODELS, build, describe
 
-SECTIONS = ("train", "prefill", "decode", "cache_size", "memory", "operators", "naive_model")  # run in this order
+SECTIONS = ("train", "prefill", "decode", "cache_size", "memory", "operators", "naive_model", "compile")  # in order
 QUICK = dict(train_lengths=[32, 64], decode_contexts=[32, 96], decode_steps=3, prefill_chunk=64, repeats=2,
-             operator_len=64, naive_len=16, memory_lengths=[64], memory_modes=["train"], naive_model_len=4)
+             operator_len=64, naive_len=16, memory_lengths=[64], memory_modes=["train"], naive_model_len=4,
+             compile_length=32, compile_context=32)
 
 
 def parse_args(argv):
@@ -41,12 +42,17 @@ def parse_args(argv):
     p.add_argument("--repeats", type=int, default=3, help="best of N for train and prefill")
     p.add_argument("--memory-lengths", type=int, nargs="+", default=None, help="default: the train lengths")
     p.add_argument("--memory-modes", nargs="+", default=["train", "prefill"], choices=peak_memory.MODES)
+    p.add_argument("--memory-recompute", type=int, default=4,
+                   help="also measure training memory with this memory_recompute (chunks per segment), with and "
+                        "without activation checkpointing, and Llama with it (0: only the two defaults)")
     p.add_argument("--cache-presets", nargs="+", default=["hope-340m", "hope-760m", "hope-1.3b"])
     p.add_argument("--cache-contexts", type=int, nargs="+", default=[4096, 32768, 131072])
     p.add_argument("--operator-len", type=int, default=2048)
     p.add_argument("--naive-len", type=int, default=2048, help="length at which the naive operators are timed")
     p.add_argument("--naive-model-len", type=int, default=64,
                    help="length of the naive_model section (the whole model with naive memories); 0 skips it")
+    p.add_argument("--compile-length", type=int, default=2048, help="training length of the compile section")
+    p.add_argument("--compile-context", type=int, default=2048, help="decoding context of the compile section")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     p.add_argument("--budget", type=float, default=1140.0,
                    help="seconds: a section (or memory measurement) that would start later is skipped and recorded")
@@ -139,11 +145,13 @@ def main(argv=None) -> int:
     section("cache_size", lambda: cache_size.run(args.cache_presets, args.cache_contexts, args.preset,
                                                  (sections.get("decode") or {}).get("by_context")))
     section("memory", lambda: peak_memory.run(args.preset, args.memory_modes, args.batch, args.memory_lengths,
-                                              args.seed, args.threads, log, deadline))
+                                              args.seed, args.threads, log, deadline, args.memory_recompute))
     section("operators", lambda: operators.run(args.preset, args.operator_len, args.naive_len, args.repeats,
                                                seed=args.seed, log=log))
     section("naive_model", lambda: training.run_naive_model(models["hope"], args.preset, args.naive_model_len,
                                                             args.repeats, args.seed, log))
+    section("compile", lambda: compiled.run(models["hope"], args.preset, args.compile_length, args.compile_context,
+                                            args.decode_steps, args.repeats, args.seed, log))
     results["targets"] = targets.evaluate(sections)
     results["elapsed_seconds"] = time.perf_counter() - started
     results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

@@ -17,9 +17,9 @@ def twin_config(config, max_context: int = 0):
     return llama
 
 
-def build(name: str, preset: str, seed: int = 0, max_context: int = 0):
-    """One model of the pair, float32 on the CPU, weights drawn from `seed`."""
-    config = hope_config(preset)
+def build(name: str, preset: str, seed: int = 0, max_context: int = 0, **overrides):
+    """One model of the pair, float32 on the CPU, weights drawn from `seed`; `overrides` are HopeConfig fields."""
+    config = hope_config(preset, **overrides)
     torch.manual_seed(seed)
     if name == "hope":
         return HopeForCausalLM(config)

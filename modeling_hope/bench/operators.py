@@ -50,14 +50,16 @@ def _runner(op: str, config, length: int, seed: int, impl: str):
     mixer, memory, (q, k, v, eta, log_alpha, boxes), log_beta, mask, counts = _inputs(config, length, seed)
     common = dict(act=config.memory_activation, dgd=1.0 if config.use_dgd else 0.0,
                   self_generated=config.self_generated_values)
+    if impl != "naive":
+        common["compile"] = impl == "compiled"
     if op == "memory":
         C = config.memory_chunk_size
-        scan = chunked_memory_scan if impl == "chunked" else naive_memory_scan
+        scan = chunked_memory_scan if impl != "naive" else naive_memory_scan
         state = FastWeights(*(t[:, -1] for t in memory))
         return lambda: scan(state, q, k, v, eta, log_alpha, log_beta, mask, counts, C, lr_scale=1.0 / C, **common)
     n = sum(mixer.adaptive)
     C = config.projection_chunk_size
-    scan = chunked_projection_scan if impl == "chunked" else naive_projection_scan
+    scan = chunked_projection_scan if impl != "naive" else naive_projection_scan
     state = FastWeights(*(t[:, :n].flatten(1, 2) for t in memory))
     return lambda: scan(state, boxes, mixer.adaptive, mixer._produce, log_beta.repeat(n), mask, counts, C,
                         lr_scale=1.0 / C, **common)
@@ -77,20 +79,23 @@ def run(preset: str, length: int, naive_length: int, repeats: int, naive_repeats
     for op in operators:
         entry = {}
         for impl, n, reps in (("chunked", length, repeats), ("chunked", naive_length, repeats),
-                              ("naive", naive_length, naive_repeats)):
+                              ("compiled", length, repeats), ("naive", naive_length, naive_repeats)):
             fn = _runner(op, config, n, seed, impl)
-            if impl == "chunked":
-                _seconds(fn)  # warm-up
+            if impl != "naive":
+                _seconds(fn)  # warm-up (and the compilation)
             best = min(_seconds(fn) for _ in range(reps))
             entry.setdefault(impl, {})[str(n)] = {"seconds": best, "tokens_per_second": n / best}
         chunked, naive = entry["chunked"], entry["naive"][str(naive_length)]
         entry["speedup_at_length"] = chunked[str(length)]["tokens_per_second"] / naive["tokens_per_second"]
         entry["speedup_same_shape"] = chunked[str(naive_length)]["tokens_per_second"] / naive["tokens_per_second"]
+        entry["speedup_compiled_at_length"] = (entry["compiled"][str(length)]["tokens_per_second"]
+                                               / naive["tokens_per_second"])
         entry["memories"] = (config.num_attention_heads if op == "memory"
                              else sum(HopeMemoryMixer(config, 0).adaptive) * config.num_attention_heads)
         results[op] = entry
         log(f"operator {op}: chunked {chunked[str(length)]['tokens_per_second']:.0f} tok/s at {length}, naive "
-            f"{naive['tokens_per_second']:.1f} tok/s at {naive_length}: {entry['speedup_at_length']:.0f}x")
+            f"{naive['tokens_per_second']:.1f} tok/s at {naive_length}: {entry['speedup_at_length']:.0f}x "
+            f"({entry['speedup_compiled_at_length']:.0f}x with the compiled chunk step)")
     return {"method": __doc__.split("\n\n", 1)[0].replace("\n", " "), "length": length, "naive_length": naive_length,
             "batch": 1, "head_dim": config.hidden_size // config.num_attention_heads,
             "chunk_size": config.memory_chunk_size, "by_operator": results}

@@ -46,13 +46,26 @@ def _malloc_trim():
         pass
 
 
-def measure_here(model_name: str, preset: str, mode: str, batch: int, length: int, seed: int) -> dict:
+def variants(recompute: int) -> dict:
+    """The training-memory variants besides the two defaults: HOPE with chunk recomputation (`memory_recompute`),
+    and each model with transformers' activation checkpointing (layer inputs kept, layers recomputed)."""
+    if not recompute:
+        return {}
+    return {"hope_recompute": ("hope", {"memory_recompute": recompute}, False),
+            "hope_recompute_checkpointing": ("hope", {"memory_recompute": recompute}, True),
+            "llama_checkpointing": ("llama", {}, True)}
+
+
+def measure_here(model_name: str, preset: str, mode: str, batch: int, length: int, seed: int,
+                 overrides: dict | None = None, checkpointing: bool = False) -> dict:
     import torch
 
     from .models import build, random_ids
     from .prefill import prefill
 
-    model = build(model_name, preset, seed, max_context=length)
+    model = build(model_name, preset, seed, max_context=length, **(overrides or {}))
+    if checkpointing:
+        model.gradient_checkpointing_enable()
     ids = random_ids(model.config.vocab_size, batch, length, seed)
     model.train(mode == "train")
     gc.collect()
@@ -67,13 +80,15 @@ def measure_here(model_name: str, preset: str, mode: str, batch: int, length: in
     peak = _status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if not exact:
         base = max(base or 0, ru_before)
-    return {"model": model_name, "mode": mode, "batch": batch, "length": length, "threads": torch.get_num_threads(),
+    return {"model": model_name, "overrides": overrides or {}, "activation_checkpointing": checkpointing,
+            "mode": mode, "batch": batch, "length": length, "threads": torch.get_num_threads(),
             "baseline_rss_mib": base / 1024, "peak_rss_mib": peak / 1024, "peak_delta_mib": (peak - base) / 1024,
             "high_water_mark": "VmHWM after clear_refs" if exact else "ru_maxrss (lower bound)"}
 
 
 def measure(model_name: str, preset: str, mode: str, batch: int, length: int, seed: int = 0,
-            threads: int | None = None, timeout: float | None = None) -> dict:
+            threads: int | None = None, timeout: float | None = None, overrides: dict | None = None,
+            checkpointing: bool = False) -> dict:
     """Runs one measurement in a fresh interpreter and returns its figures (or {'error': ...})."""
     root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
@@ -81,7 +96,8 @@ def measure(model_name: str, preset: str, mode: str, batch: int, length: int, se
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     args = [sys.executable, "-m", "modeling_hope.bench.peak_memory", json.dumps(
-        {"model_name": model_name, "preset": preset, "mode": mode, "batch": batch, "length": length, "seed": seed})]
+        {"model_name": model_name, "preset": preset, "mode": mode, "batch": batch, "length": length, "seed": seed,
+         "overrides": overrides, "checkpointing": checkpointing})]
     try:
         proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -92,9 +108,9 @@ def measure(model_name: str, preset: str, mode: str, batch: int, length: int, se
 
 
 def run(preset: str, modes, batches, lengths, seed: int = 0, threads: int | None = None, log=print,
-        deadline: float | None = None) -> dict:
-    """Both models at every (mode, batch, length); measurements that would start after `deadline`
-    (time.perf_counter()) are skipped and listed."""
+        deadline: float | None = None, recompute: int = 0) -> dict:
+    """Both models at every (mode, batch, length), and in training the `variants`; measurements that would start
+    after `deadline` (time.perf_counter()) are skipped and listed."""
     import time
 
     results, errors, skipped = {}, [], []
@@ -106,15 +122,19 @@ def run(preset: str, modes, batches, lengths, seed: int = 0, threads: int | None
                     skipped.append({"section": "memory", "mode": mode, "batch": batch, "length": length,
                                     "reason": "--budget spent"})
                     continue
-                for name in ("hope", "llama"):
-                    r = measure(name, preset, mode, batch, length, seed, threads)
+                runs = {"hope": ("hope", {}, False), "llama": ("llama", {}, False)}
+                if mode == "train":
+                    runs.update(variants(recompute))
+                for name, (model_name, overrides, checkpointing) in runs.items():
+                    r = measure(model_name, preset, mode, batch, length, seed, threads, overrides=overrides,
+                                checkpointing=checkpointing)
                     entry[name] = r
                     if "error" in r:
                         errors.append({"mode": mode, "batch": batch, "length": length, "model": name, **r})
                 if all("peak_delta_mib" in entry[n] for n in ("hope", "llama")):
                     entry["hope_over_llama"] = entry["hope"]["peak_delta_mib"] / entry["llama"]["peak_delta_mib"]
-                    log(f"peak memory {mode} batch {batch} length {length}: hope +{entry['hope']['peak_delta_mib']:.0f}"
-                        f" MiB, llama +{entry['llama']['peak_delta_mib']:.0f} MiB")
+                    log(f"peak memory {mode} batch {batch} length {length}: " + ", ".join(
+                        f"{n} +{entry[n]['peak_delta_mib']:.0f} MiB" for n in runs if "peak_delta_mib" in entry[n]))
                 results.setdefault(mode, {}).setdefault(str(batch), {})[str(length)] = entry
     return {"method": __doc__.split("\n\n", 1)[1].replace("\n", " "), "by_mode": results, "errors": errors,
             "skipped": skipped}

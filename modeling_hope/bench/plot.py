@@ -5,15 +5,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"hope": "tab:blue", "llama": "tab:orange"}
+COLORS = {"hope": "tab:blue", "llama": "tab:orange", "hope_recompute": "tab:cyan",
+          "hope_recompute_checkpointing": "tab:purple", "llama_checkpointing": "tab:red"}
+LABELS = {"llama": "llama twin"}
 
 
 def _lines(ax, by_x: dict, key: str, scale: float = 1.0):
     xs = sorted(by_x, key=int)
-    for name in ("hope", "llama"):
+    for name in COLORS:
         pts = [(int(x), by_x[x][name][key] * scale) for x in xs if key in by_x[x].get(name, {})]
         if pts:
-            ax.plot(*zip(*pts), "o-", color=COLORS[name], label=name if name == "hope" else "llama twin")
+            ax.plot(*zip(*pts), "o-" if name in ("hope", "llama") else "o--", color=COLORS[name],
+                    label=LABELS.get(name, name))
     ax.set_xscale("log", base=2)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)

@@ -1,0 +1,69 @@
+"""torch.compile on HOPE: the eager model against the same weights with `compile_memory=True` (the per-chunk step
+compiled) wrapped in `torch.compile(model)` (everything outside the chunk loop compiled), for a training step and for
+decoding. Compile time is the first call's time less an eager call's; steps are interleaved, best of N."""
+
+import time
+
+import torch
+
+from ..modeling_hope import HopeForCausalLM
+from ..presets import hope_config
+from .decode import Decoder
+from .models import random_ids
+from .prefill import prefill
+from .timing import interleaved, summary
+from .training import train_step_seconds
+
+
+def _pair(hope, preset: str):
+    compiled = HopeForCausalLM(hope_config(preset, compile_memory=True))
+    compiled.load_state_dict(hope.state_dict())
+    return compiled, torch.compile(compiled)
+
+
+def run(hope, preset: str, length: int, context: int, steps: int, repeats: int, seed: int = 0, log=print) -> dict:
+    torch._dynamo.reset()
+    model, compiled = _pair(hope, preset)
+    ids = random_ids(hope.config.vocab_size, 1, length, seed)
+    out = {"method": __doc__.replace("\n", " "), "length": length, "context": context}
+
+    hope.train(), model.train()
+    eager_first = train_step_seconds(hope, ids)
+    first = train_step_seconds(compiled, ids)
+    with torch.no_grad():
+        diff = (hope(ids, labels=ids).loss - compiled(ids, labels=ids).loss).abs().item()
+    times = interleaved({"eager": lambda: train_step_seconds(hope, ids),
+                         "compiled": lambda: train_step_seconds(compiled, ids)}, repeats)
+    train = {name: summary(t, length) for name, t in times.items()}
+    for e in train.values():
+        e["tokens_per_second"] = e.pop("per_second")
+    train.update(compile_seconds=first - eager_first, loss_abs_difference=diff,
+                 compiled_over_eager=train["compiled"]["tokens_per_second"] / train["eager"]["tokens_per_second"])
+    out["train"] = train
+    log(f"compile, train length {length}: eager {train['eager']['tokens_per_second']:.0f} tok/s, compiled "
+        f"{train['compiled']['tokens_per_second']:.0f} tok/s ({train['compiled_over_eager']:.2f}x), compile "
+        f"{train['compile_seconds']:.0f} s")
+
+    hope.eval(), model.eval()
+    prompt = random_ids(hope.config.vocab_size, 1, context, seed + 1)
+    decoders = {}
+    for name, m in (("eager", hope), ("compiled", compiled)):
+        with torch.no_grad():
+            cache = prefill(hope, prompt)  # the same state for both; the compiled model continues it
+            logits = hope(prompt[:, -1:], cache=cache, use_cache=True).logits
+        decoders[name] = Decoder(m, cache, logits)
+    start = time.perf_counter()
+    decoders["compiled"].step()
+    warmup = time.perf_counter() - start
+    decoders["eager"].step()
+    times = interleaved({name: (lambda d=d: sum(d.step() for _ in range(steps)) / steps)
+                         for name, d in decoders.items()}, repeats)
+    decode = {name: {"ms_per_token": min(t) * 1e3, "ms_per_token_each_repeat": [x * 1e3 for x in t]}
+              for name, t in times.items()}
+    decode["first_call_seconds"] = warmup
+    decode["compiled_over_eager_ms"] = decode["compiled"]["ms_per_token"] / decode["eager"]["ms_per_token"]
+    out["decode"] = decode
+    log(f"compile, decode at {context}: eager {decode['eager']['ms_per_token']:.1f} ms/token, compiled "
+        f"{decode['compiled']['ms_per_token']:.1f} ms/token (first call {warmup:.0f} s)")
+    torch._dynamo.reset()
+    return out
