@@ -1,23 +1,33 @@
 """torch.compile: the compiled per-chunk step (`compile_memory`) and `torch.compile(model)` compute what eager does,
-in training (loss and gradients) and in decoding (generate)."""
+in training (loss and gradients) and in decoding (generate). Inductor's cold compile costs minutes per graph on the
+CI machine, so the whole-model checks run through the `aot_eager` backend (dynamo's tracing, graph breaks and AOT
+autograd: the plumbing), and one check compiles the chunk step with inductor (the kernels)."""
 
 import pytest
 import torch
 
+import modeling_hope.fast_weight_memory as fwm
 from conftest import build, tiny_config
 
 IN_CONTEXT = [{"intermediate_size": 16}, {"intermediate_size": 8, "period": 6, "lr": 0.1}]
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
+@pytest.fixture
+def backend(monkeypatch):
+    """Fresh dynamo caches; the chunk step compiled with the backend the test names."""
     torch._dynamo.reset()
-    yield
+
+    def use(name):
+        monkeypatch.setattr(fwm, "COMPILE_BACKEND", name)
+        return name
+
+    yield use
     torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("chunks", [(4, 4), (4, 3)], ids=["fused-scan", "separate-scans"])
-def test_compiled_training_matches_eager(chunks):
+def test_compiled_training_matches_eager(chunks, backend):
+    name = backend("aot_eager")
     ids = torch.randint(2, 61, (2, 24), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     mask[0, :5] = 0
@@ -26,17 +36,18 @@ def test_compiled_training_matches_eager(chunks):
         config = tiny_config(memory_chunk_size=chunks[0], projection_chunk_size=chunks[1], cms_levels=IN_CONTEXT,
                              compile_memory=compiled)
         model = build(config, seed=7).train()
-        run = torch.compile(model) if compiled else model
+        run = torch.compile(model, backend=name) if compiled else model
         out = run(ids, attention_mask=mask, labels=ids)
         out.loss.backward()
         results.append((out.logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
     (logits_e, grads_e), (logits_c, grads_c) = results
     assert torch.allclose(logits_e, logits_c, atol=1e-5), float((logits_e - logits_c).abs().max())
-    for name, g in grads_e.items():
-        assert torch.allclose(g, grads_c[name], atol=1e-5), name
+    for n, g in grads_e.items():
+        assert torch.allclose(g, grads_c[n], atol=1e-5), n
 
 
-def test_compiled_decoding_matches_eager():
+def test_compiled_decoding_matches_eager(backend):
+    name = backend("aot_eager")
     prompt = torch.randint(2, 61, (2, 9), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(prompt)
     mask[1, :3] = 0
@@ -45,7 +56,19 @@ def test_compiled_decoding_matches_eager():
         model = build(tiny_config(memory_chunk_size=4, projection_chunk_size=4, cms_levels=IN_CONTEXT,
                                   compile_memory=compiled), seed=8)
         if compiled:
-            model.forward = torch.compile(model.forward)
+            model.forward = torch.compile(model.forward, backend=name)
         outputs.append(model.generate(prompt, attention_mask=mask, max_new_tokens=6, do_sample=False,
                                       pad_token_id=0))
     assert torch.equal(outputs[0], outputs[1])
+
+
+def test_inductor_chunk_step_matches_eager(backend):
+    """The fused chunk step through inductor's CPU kernels (forward; one graph: full chunks, no padding)."""
+    backend("inductor")
+    ids = torch.randint(2, 61, (2, 16), generator=torch.Generator().manual_seed(2))
+    logits = []
+    for compiled in (False, True):
+        model = build(tiny_config(memory_chunk_size=4, projection_chunk_size=4, compile_memory=compiled), seed=9)
+        with torch.no_grad():
+            logits.append(model(ids).logits)
+    assert torch.allclose(logits[0], logits[1], atol=1e-5), float((logits[0] - logits[1]).abs().max())

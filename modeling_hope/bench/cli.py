@@ -24,7 +24,7 @@ from .models import MODELS, build, describe
 SECTIONS = ("train", "prefill", "decode", "cache_size", "memory", "operators", "naive_model", "compile")  # in order
 QUICK = dict(train_lengths=[32, 64], decode_contexts=[32, 96], decode_steps=3, prefill_chunk=64, repeats=2,
              operator_len=64, naive_len=16, memory_lengths=[64], memory_modes=["train"], naive_model_len=4,
-             compile_length=32, compile_context=32)
+             compile_length=32, compile_context=32, compile_backend="aot_eager")
 
 
 def parse_args(argv):
@@ -53,6 +53,9 @@ def parse_args(argv):
                    help="length of the naive_model section (the whole model with naive memories); 0 skips it")
     p.add_argument("--compile-length", type=int, default=2048, help="training length of the compile section")
     p.add_argument("--compile-context", type=int, default=2048, help="decoding context of the compile section")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend of the compile section and the compiled operators (--quick: "
+                        "aot_eager, which runs the same code path without inductor's minutes of cold compiling)")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     p.add_argument("--budget", type=float, default=1140.0,
                    help="seconds: a section (or memory measurement) that would start later is skipped and recorded")
@@ -117,6 +120,9 @@ def main(argv=None) -> int:
     if "naive_model" in args.sections and args.naive_model_len <= 0:
         args.sections.remove("naive_model")
         results["skipped"].append({"section": "naive_model", "reason": "--naive-model-len 0"})
+    from .. import fast_weight_memory
+
+    fast_weight_memory.COMPILE_BACKEND = args.compile_backend
     max_context = max([*args.decode_contexts, *args.train_lengths, *args.prefill_lengths])
     models = {name: build(name, args.preset, args.seed, max_context) for name in MODELS}
     results["models"] = describe(models)
@@ -151,7 +157,7 @@ def main(argv=None) -> int:
     section("naive_model", lambda: training.run_naive_model(models["hope"], args.preset, args.naive_model_len,
                                                             args.repeats, args.seed, log))
     section("compile", lambda: compiled.run(models["hope"], args.preset, args.compile_length, args.compile_context,
-                                            args.decode_steps, args.repeats, args.seed, log))
+                                            args.decode_steps, args.repeats, args.seed, log, args.compile_backend))
     results["targets"] = targets.evaluate(sections)
     results["elapsed_seconds"] = time.perf_counter() - started
     results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

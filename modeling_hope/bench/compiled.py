@@ -15,17 +15,18 @@ from .timing import interleaved, summary
 from .training import train_step_seconds
 
 
-def _pair(hope, preset: str):
+def _pair(hope, preset: str, backend: str):
     compiled = HopeForCausalLM(hope_config(preset, compile_memory=True))
     compiled.load_state_dict(hope.state_dict())
-    return compiled, torch.compile(compiled)
+    return compiled, torch.compile(compiled, backend=backend)
 
 
-def run(hope, preset: str, length: int, context: int, steps: int, repeats: int, seed: int = 0, log=print) -> dict:
+def run(hope, preset: str, length: int, context: int, steps: int, repeats: int, seed: int = 0, log=print,
+        backend: str = "inductor") -> dict:
     torch._dynamo.reset()
-    model, compiled = _pair(hope, preset)
+    model, compiled = _pair(hope, preset, backend)
     ids = random_ids(hope.config.vocab_size, 1, length, seed)
-    out = {"method": __doc__.replace("\n", " "), "length": length, "context": context}
+    out = {"method": __doc__.replace("\n", " "), "backend": backend, "length": length, "context": context}
 
     hope.train(), model.train()
     eager_first = train_step_seconds(hope, ids)
