@@ -50,6 +50,11 @@ ACTIVATIONS = {"silu": (F.silu, _silu_grad), "gelu": (F.gelu, _gelu_grad)}
 
 def memory_read(u, W1, W2, act: str):
     """M(u) = u + W1 act(W2 u), batched over leading dims; u (..., T, d)."""
+    if u.dim() > 3 and u.shape[:-2] == W2.shape[:-2] == W1.shape[:-2]:  # bmm on flattened views: matmul's
+        # broadcasting path costs several more ops per call (it matters when decoding, one token per call)
+        flat = u.reshape(-1, *u.shape[-2:])
+        h = ACTIVATIONS[act][0](torch.bmm(flat, W2.reshape(-1, *W2.shape[-2:]).mT))
+        return u + torch.bmm(h, W1.reshape(-1, *W1.shape[-2:]).mT).view(u.shape)
     return u + ACTIVATIONS[act][0](u @ W2.mT) @ W1.mT
 
 
@@ -240,12 +245,13 @@ def _chunk_complete(active, grid: SlotGrid):
     return lambda i, active_c: active_c[:, -1] & grid.ends[i]
 
 
-def chunk_step(state: FastWeights, keys, targets, eta, log_alpha, log_beta, active, complete, act, dgd, queries=None):
+def chunk_step(state: FastWeights, keys, targets, eta, log_alpha, log_beta, active, complete, act, dgd, queries=None,
+               values=None):
     """One chunk for a group of memories: rank-one inner updates at the chunk-start weights, the dual-form read
     `o_j = q_j + W1_j act(W2_j q_j)` (W_j including tokens up to j) when `queries` is given, and the end state.
     `complete` (B,) (or one bool for all rows) marks rows whose chunk ends here, so their next chunk is evaluated at
-    the new weights."""
-    factors = inner_update_factors(keys, targets, state.W1_eval, state.W2_eval, act, dgd)
+    the new weights. With `values` instead of `targets` the targets are the self-generated M(v)."""
+    factors = inner_update_factors(keys, targets, state.W1_eval, state.W2_eval, act, dgd, values=values)
     coefficients = coefficients_for(eta, log_alpha, log_beta, active)
     new = end_state(state, factors, coefficients, complete)
     if queries is None:
@@ -389,8 +395,9 @@ def compiled(fn):
 def memory_chunk_step(state, q_c, k_c, v_c, eta_c, la_c, active_c, complete, log_beta, act, dgd, self_generated):
     """One chunk of `chunked_memory_scan`."""
     act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta_c, la_c)
-    targets = memory_read(v_c, state.W1_eval, state.W2_eval, act) if self_generated else v_c
-    return chunk_step(state, k_c, targets, eta_c, la_c, log_beta, act_f, complete, act, dgd, queries=q_c)
+    targets, values = (None, v_c) if self_generated else (v_c, None)
+    return chunk_step(state, k_c, targets, eta_c, la_c, log_beta, act_f, complete, act, dgd, queries=q_c,
+                      values=values)
 
 
 def read_boxes(u, W1, W2, adaptive, act):
@@ -417,9 +424,9 @@ def projection_chunk_step(state, u, active_c, complete, adaptive, produce, log_b
     keys, values, eta, log_alpha = produced = produce(read_boxes(u, state.W1_eval, state.W2_eval, adaptive, act))
     act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta * lr_scale, log_alpha)
     k_g, v_g = _expand_groups(keys, G), _expand_groups(values, G)
-    targets = memory_read(v_g, state.W1_eval, state.W2_eval, act) if self_generated else v_g
+    targets, v_g = (None, v_g) if self_generated else (v_g, None)  # M(v) in the same products as M(k)
     _, state = chunk_step(state, k_g, targets, _expand_groups(eta_c, G), _expand_groups(la_c, G), log_beta, act_f,
-                          complete, act, dgd)
+                          complete, act, dgd, values=v_g)
     return produced, state
 
 

@@ -62,7 +62,10 @@ class ShortConv(nn.Module):
         out = xs[:, :L] * self.weight[:, 0]
         for k in range(1, size):
             out = out + xs[:, k:k + L] * self.weight[:, k]
-        new_state = gather_rows(xs, lengths[:, None] + torch.arange(size - 1, device=x.device))
+        if int(lengths.min()) == L:  # every row full: the tail is the last size - 1 inputs
+            new_state = xs[:, L:]
+        else:
+            new_state = gather_rows(xs, lengths[:, None] + torch.arange(size - 1, device=x.device))
         return out, new_state
 
 
@@ -421,10 +424,10 @@ class HopeModel(HopePreTrainedModel):
         mask = self._new_token_mask(attention_mask, B, L, cache, device)
 
         # compact: each row's real tokens first, in order; pads after them are no-ops everywhere
-        order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
         lengths = mask.sum(1)
-        x = gather_rows(inputs_embeds, order)
-        ids = gather_rows(input_ids, order) if input_ids is not None else None
+        order = None if bool(mask.all()) else torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices
+        x = inputs_embeds if order is None else gather_rows(inputs_embeds, order)
+        ids = input_ids if order is None or input_ids is None else gather_rows(input_ids, order)
         if self.config.in_context_levels:
             h = self._rounds(x, lengths, ids, cache, teach_signal)
         else:
@@ -432,8 +435,8 @@ class HopeModel(HopePreTrainedModel):
             h, _ = self._layers(x, compact_mask, cache)
             cache.shared.tensors["counts"] = cache.counts + lengths
         cache.seen_columns += L
-        h = gather_rows(h, order.argsort(1))  # back to the input order (a gather: inductor's CPU codegen fails on
-        # the scatter into empty_like this was, when fused with the norm)
+        if order is not None:  # back to the input order (a gather: inductor's CPU codegen fails on the scatter
+            h = gather_rows(h, order.argsort(1))  # into empty_like this was, when fused with the norm)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(h), cache=cache if use_cache else None)
 
     def _rounds(self, x, lengths, ids, cache: HopeCache, teach_signal):
@@ -447,17 +450,25 @@ class HopeModel(HopePreTrainedModel):
         periods = torch.tensor([self.config.cms_levels[l]["period"] for l in self.config.in_context_levels],
                                device=device)
         pos = torch.zeros_like(lengths)
+        # rows in step (all full, same count: training, one sequence decoding): every round is a slice of x
+        in_step = L > 0 and int(lengths.min()) == L and bool((cache.counts == cache.counts[0]).all())
         out_idx, out_h = [], []
         while bool((pos < lengths).any()):
             counts = cache.counts
             to_boundary = (periods[None] - counts[:, None] % periods[None]).min(1).values
             take = torch.minimum(to_boundary, lengths - pos)
             j = torch.arange(int(take.max()), device=device)
-            idx = (pos[:, None] + j).clamp(max=L - 1)
-            rmask = j[None] < take[:, None]
-            ids_r = ids.gather(1, idx)
+            if in_step:
+                first = int(pos[0])
+                ids_r, x_r = ids[:, first:first + len(j)], x[:, first:first + len(j)]
+                rmask = torch.ones(B, len(j), dtype=torch.bool, device=device)
+            else:
+                idx = (pos[:, None] + j).clamp(max=L - 1)
+                rmask = j[None] < take[:, None]
+                ids_r, x_r = ids.gather(1, idx), gather_rows(x, idx)
+                out_idx.append(torch.where(rmask, idx, L))  # pads of the round go to a dropped extra column
             self._learn_pending(cache, ids_r[:, 0], take > 0, teach_signal)
-            h, records = self._layers(gather_rows(x, idx), rmask, cache)
+            h, records = self._layers(x_r, rmask, cache)
             targets = torch.where(j[None] + 1 < take[:, None], ids_r.roll(-1, 1), -100)
             if bool((targets != -100).any()):
                 with torch.no_grad():
@@ -465,9 +476,10 @@ class HopeModel(HopePreTrainedModel):
             else:  # e.g. one decoded token: its target comes with the next call (pending)
                 delta = None
             self._learn(cache, records, delta, take, h.detach())
-            out_idx.append(torch.where(rmask, idx, L))  # pads of the round go to a dropped extra column
             out_h.append(h)
             pos = pos + take
+        if in_step:
+            return out_h[0] if len(out_h) == 1 else torch.cat(out_h, 1)
         full = x.new_zeros(B, L + 1, x.shape[-1])
         full = full.scatter(1, torch.cat(out_idx, 1)[..., None].expand(-1, -1, x.shape[-1]), torch.cat(out_h, 1))
         return full[:, :L]
