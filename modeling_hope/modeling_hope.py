@@ -550,14 +550,21 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @torch.no_grad()
     def _teach_signal(self, h, targets):
-        """delta_t = d CE(lm_head(norm(h_t)), target_t) / d h_t for each position (zero where target is -100)."""
-        with torch.enable_grad():
-            h = h.detach().requires_grad_(True)
-            logits = self.lm_head(self.model.norm(h)).float()
-            loss = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-100, reduction="sum")
-            (delta,) = torch.autograd.grad(loss, h)
-        return delta
+        """delta_t = d CE(lm_head(norm(h_t)), target_t) / d h_t for each position (zero where target is -100), in
+        closed form (no autograd graph: it runs once per round, and once per decoded token):
+        dy = (softmax(logits) - onehot(target)) W_lm, and through y = w * h * r with r = 1/rms(h),
+        delta = r (w dy) - h r^3 mean(h * w dy)."""
+        norm, dtype = self.model.norm, torch.promote_types(h.dtype, torch.float32)
+        hf = h.detach().to(dtype)
+        r = torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+        logits = self.lm_head(norm(h.detach())).to(dtype)
+        dlogits = torch.softmax(logits, -1)
+        dlogits.scatter_add_(-1, targets.clamp(min=0)[..., None], -torch.ones_like(dlogits[..., :1]))
+        dlogits = dlogits * (targets != -100)[..., None]
+        g = (dlogits.to(self.lm_head.weight.dtype) @ self.lm_head.weight).to(dtype) * norm.weight.to(dtype)
+        return (r * g - hf * r.pow(3) * (hf * g).mean(-1, keepdim=True)).to(h.dtype)
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, cache=None, labels=None,
                 use_cache=None, logits_to_keep=0, past_key_values=None, **kwargs):

@@ -52,3 +52,23 @@ def test_in_context_level_follows_the_worked_example():
         span = slice(k * PERIOD, (k + 1) * PERIOD)
         assert torch.allclose(logits[:, span], ref[k][:, span], atol=1e-10, rtol=0)
     assert (ref[1][:, PERIOD:2 * PERIOD] - ref[0][:, PERIOD:2 * PERIOD]).abs().max() > 1e-6  # the steps matter
+
+
+def test_teach_signal_equals_autograd():
+    """The closed-form teach signal against autograd through the final norm, the LM head and the summed CE."""
+    config = tiny_config(cms_levels=[{"intermediate_size": 16}, {"intermediate_size": 8, "period": 3, "lr": 0.1}])
+    model = build(config, seed=6, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(2, 5, config.hidden_size, dtype=torch.float64, generator=gen) * 3
+    with torch.no_grad():
+        model.model.norm.weight.copy_(1 + 0.3 * torch.randn(config.hidden_size, generator=gen))
+    targets = torch.randint(0, config.vocab_size, (2, 5), generator=gen)
+    targets[0, 1] = targets[1, 4] = -100
+    leaf = h.clone().requires_grad_(True)
+    loss = F.cross_entropy(model.lm_head(model.model.norm(leaf)).flatten(0, 1), targets.flatten(), ignore_index=-100,
+                           reduction="sum")
+    (expected,) = torch.autograd.grad(loss, leaf)
+    got = model._teach_signal(h, targets)
+    # 1e-8, not 1e-12: the norm computes in float32 (as Llama's does) even in a float64 model
+    assert torch.allclose(got, expected, atol=1e-8, rtol=0), float((got - expected).abs().max())
+    assert got[0, 1].abs().max() == 0 and got[1, 4].abs().max() == 0

@@ -25,12 +25,17 @@ def backend(monkeypatch):
     torch._dynamo.reset()
 
 
+def left_padded(length: int, row: int, pads: int, seed: int):
+    ids = torch.randint(2, 61, (2, length), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones_like(ids)
+    mask[row, :pads] = 0
+    return ids, mask
+
+
 @pytest.mark.parametrize("chunks", [(4, 4), (4, 3)], ids=["fused-scan", "separate-scans"])
 def test_compiled_training_matches_eager(chunks, backend):
     name = backend("aot_eager")
-    ids = torch.randint(2, 61, (2, 24), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones_like(ids)
-    mask[0, :5] = 0
+    ids, mask = left_padded(24, 0, 5, seed=0)
     results = []
     for compiled in (False, True):
         config = tiny_config(memory_chunk_size=chunks[0], projection_chunk_size=chunks[1], cms_levels=IN_CONTEXT,
@@ -48,9 +53,7 @@ def test_compiled_training_matches_eager(chunks, backend):
 
 def test_compiled_decoding_matches_eager(backend):
     name = backend("aot_eager")
-    prompt = torch.randint(2, 61, (2, 9), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones_like(prompt)
-    mask[1, :3] = 0
+    prompt, mask = left_padded(9, 1, 3, seed=1)
     outputs = []
     for compiled in (False, True):
         model = build(tiny_config(memory_chunk_size=4, projection_chunk_size=4, cms_levels=IN_CONTEXT,
