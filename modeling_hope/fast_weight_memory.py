@@ -58,18 +58,19 @@ def memory_read(u, W1, W2, act: str):
     return u + ACTIVATIONS[act][0](u @ W2.mT) @ W1.mT
 
 
-def inner_update_factors(keys, targets, W1, W2, act: str, dgd: float, values=None):
+def inner_update_factors(keys, values, W1, W2, act: str, dgd: float, self_generated: bool):
     """The inner updates are rank one: u1_t = b1_t a1_t^T (for W1), u2_t = b2_t a2_t^T (for W2). With z = W2 k,
     h = act(z), e = M(k) - vhat: grad W1 = e h^T and grad W2 = ((W1^T e) * act'(z)) k^T; DGD adds (W1 h) h^T and
-    (W2 k) k^T. Returns (a1, b1, a2, b2). With `values` instead of `targets`, the self-generated targets
-    vhat = M(v) are computed in the same products as M(k)."""
+    (W2 k) k^T. Returns (a1, b1, a2, b2). The target vhat is v, or with `self_generated` M(v), computed in the same
+    products as M(k)."""
     fn, grad = ACTIVATIONS[act]
     C = keys.shape[-2]
-    x = keys if values is None else torch.cat(torch.broadcast_tensors(keys, values), -2)
+    x = torch.cat(torch.broadcast_tensors(keys, values), -2) if self_generated else keys
     z = x @ W2.mT
     h = fn(z)
     w1h = h @ W1.mT
-    if values is not None:  # split, not slices: a slice's backward writes into zeros of the full size
+    targets = values
+    if self_generated:  # split, not slices: a slice's backward writes into zeros of the full size
         (z, _), (h, _), (w1h, w1v) = (t.split(C, -2) for t in (z, h, w1h))
         targets = values + w1v
     dh = grad(z)
@@ -245,13 +246,13 @@ def _chunk_complete(active, grid: SlotGrid):
     return lambda i, active_c: active_c[:, -1] & grid.ends[i]
 
 
-def chunk_step(state: FastWeights, keys, targets, eta, log_alpha, log_beta, active, complete, act, dgd, queries=None,
-               values=None):
+def chunk_step(state: FastWeights, keys, values, eta, log_alpha, log_beta, active, complete, act, dgd, self_generated,
+               queries=None):
     """One chunk for a group of memories: rank-one inner updates at the chunk-start weights, the dual-form read
     `o_j = q_j + W1_j act(W2_j q_j)` (W_j including tokens up to j) when `queries` is given, and the end state.
     `complete` (B,) (or one bool for all rows) marks rows whose chunk ends here, so their next chunk is evaluated at
-    the new weights. With `values` instead of `targets` the targets are the self-generated M(v)."""
-    factors = inner_update_factors(keys, targets, state.W1_eval, state.W2_eval, act, dgd, values=values)
+    the new weights."""
+    factors = inner_update_factors(keys, values, state.W1_eval, state.W2_eval, act, dgd, self_generated)
     coefficients = coefficients_for(eta, log_alpha, log_beta, active)
     new = end_state(state, factors, coefficients, complete)
     if queries is None:
@@ -395,9 +396,7 @@ def compiled(fn):
 def memory_chunk_step(state, q_c, k_c, v_c, eta_c, la_c, active_c, complete, log_beta, act, dgd, self_generated):
     """One chunk of `chunked_memory_scan`."""
     act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta_c, la_c)
-    targets, values = (None, v_c) if self_generated else (v_c, None)
-    return chunk_step(state, k_c, targets, eta_c, la_c, log_beta, act_f, complete, act, dgd, queries=q_c,
-                      values=values)
+    return chunk_step(state, k_c, v_c, eta_c, la_c, log_beta, act_f, complete, act, dgd, self_generated, queries=q_c)
 
 
 def read_boxes(u, W1, W2, adaptive, act):
@@ -424,9 +423,8 @@ def projection_chunk_step(state, u, active_c, complete, adaptive, produce, log_b
     keys, values, eta, log_alpha = produced = produce(read_boxes(u, state.W1_eval, state.W2_eval, adaptive, act))
     act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta * lr_scale, log_alpha)
     k_g, v_g = _expand_groups(keys, G), _expand_groups(values, G)
-    targets, v_g = (None, v_g) if self_generated else (v_g, None)  # M(v) in the same products as M(k)
-    _, state = chunk_step(state, k_g, targets, _expand_groups(eta_c, G), _expand_groups(la_c, G), log_beta, act_f,
-                          complete, act, dgd, values=v_g)
+    _, state = chunk_step(state, k_g, v_g, _expand_groups(eta_c, G), _expand_groups(la_c, G), log_beta, act_f,
+                          complete, act, dgd, self_generated)
     return produced, state
 
 
@@ -437,9 +435,8 @@ def fused_chunk_step(state, u, q_c, active_c, complete, adaptive, produce, log_b
     keys, values, eta, log_alpha = produce(read_boxes(u, state.W1_eval[:, :n_adaptive],
                                                       state.W2_eval[:, :n_adaptive], adaptive, act))
     act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta * lr_scale, log_alpha)
-    values = values[:, None]
-    factors = inner_update_factors(keys[:, None], None if self_generated else values, state.W1_eval,
-                                   state.W2_eval, act, dgd, values=values if self_generated else None)
+    factors = inner_update_factors(keys[:, None], values[:, None], state.W1_eval, state.W2_eval, act, dgd,
+                                   self_generated)
     coefficients = [t if t is None else t[:, None] for t in coefficients_for(eta_c, la_c, log_beta, act_f)]
     new = end_state(state, factors, coefficients, complete)
     if q_c.shape[-2] == 1:  # one slot (see chunk_step)

@@ -32,7 +32,8 @@ class HopeRMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x):
-        # the fused op keeps x and 1/rms for backward, not three (T, d) intermediates
+        # float32: one F.rms_norm call with the weight; other dtypes keep Llama's order (normalise in float32,
+        # cast back, then scale)
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
             return F.rms_norm(x, x.shape[-1:], self.weight, eps=self.variance_epsilon)
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.variance_epsilon).to(x.dtype)
@@ -515,8 +516,8 @@ class HopeModel(HopePreTrainedModel):
         shared["pending"] = shared["pending"] | rows
         shared["pending_h"] = torch.where(rows[:, None], h[torch.arange(len(take)), last], shared["pending_h"])
         all_rows = bool(rows.all())  # selects only where some rows differ (decoding one token is mostly this)
-        steps = {period: rows & (counts % period == 0) for period in {layer.cms[l].period for layer in self.layers
-                                                                       for l in self.config.in_context_levels}}
+        steps = {period: rows & (counts % period == 0)
+                 for period in {self.config.cms_levels[l]["period"] for l in self.config.in_context_levels}}
         any_step = {period: bool(step.any()) for period, step in steps.items()}
         for layer_state, layer, recs in zip(cache.layers, self.layers, records):
             st = dict(layer_state.tensors)

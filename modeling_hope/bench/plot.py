@@ -34,18 +34,13 @@ def draw(results: dict, path: str):
     fig.suptitle(f"hope bench: {preset} vs its Llama twin, {results['machine']['cpu']}, "
                  f"{results['machine']['torch_threads']} threads, torch {results['machine']['torch']}", fontsize=10)
     sections = results["sections"]
-    ax = axes[0, 0]
-    if "train" in sections:
-        batch, by_len = _first_batch(sections["train"])
-        _lines(ax, by_len, "tokens_per_second")
-        ax.set_title(f"training (fwd+bwd), batch {batch}")
-    ax.set_xlabel("sequence length"), ax.set_ylabel("tokens/s")
-    ax = axes[0, 1]
-    if "prefill" in sections:
-        batch, by_len = _first_batch(sections["prefill"])
-        _lines(ax, by_len, "tokens_per_second")
-        ax.set_title(f"prefill (no grad, with cache), batch {batch}")
-    ax.set_xlabel("prompt length"), ax.set_ylabel("tokens/s")
+    for ax, name, title, xlabel in ((axes[0, 0], "train", "training (fwd+bwd)", "sequence length"),
+                                    (axes[0, 1], "prefill", "prefill (no grad, with cache)", "prompt length")):
+        if name in sections:
+            batch, by_len = _first_batch(sections[name])
+            _lines(ax, by_len, "tokens_per_second")
+            ax.set_title(f"{title}, batch {batch}")
+        ax.set_xlabel(xlabel), ax.set_ylabel("tokens/s")
     ax = axes[0, 2]
     if "decode" in sections:
         _lines(ax, sections["decode"]["by_context"], "ms_per_token")
