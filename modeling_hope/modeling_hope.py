@@ -514,7 +514,7 @@ class HopeModel(HopePreTrainedModel):
         counts = shared["counts"] + take
         shared["counts"] = counts
         shared["pending"] = shared["pending"] | rows
-        shared["pending_h"] = torch.where(rows[:, None], h[torch.arange(len(take)), last], shared["pending_h"])
+        shared["pending_h"] = torch.where(rows[:, None], h[torch.arange(len(take), device=h.device), last], shared["pending_h"])
         all_rows = bool(rows.all())  # selects only where some rows differ (decoding one token is mostly this)
         steps = {period: rows & (counts % period == 0)
                  for period in {self.config.cms_levels[l]["period"] for l in self.config.in_context_levels}}

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from modeling_hope.cli import main as hope_main
 
@@ -72,3 +73,66 @@ def test_hope_cache_bytes_do_not_depend_on_context(quick_run):
         rows = results["sections"]["cache_size"]["per_sequence"][preset]["float32"]
         assert set(rows) == {"4096", "32768", "131072"}
         assert len({r["hope_bytes"] for r in rows.values()}) == 1
+
+
+def matmul_parameters(model) -> int:
+    """Weights of the model's linear layers (the LM head included, tied or not)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_flop_count_covers_forward_and_backward():
+    from modeling_hope.bench.flops import train_step_flops
+    from modeling_hope.bench.models import build, random_ids
+
+    T = 48
+    llama, hope = build("llama", "hope-5m"), build("hope", "hope-5m")
+    ids = random_ids(llama.config.vocab_size, 1, T, 0)
+    cfg = llama.config
+    dense = 6 * matmul_parameters(llama)  # 2 per weight forward, 4 backward
+    attention = 12 * cfg.num_hidden_layers * cfg.hidden_size * T  # causal attention charged as the full square
+    per_token = train_step_flops(llama, ids) / T
+    assert dense <= per_token <= dense + attention
+    assert all(p.grad is None for p in llama.parameters())
+    # HOPE's count adds the memories' in-context updates to its own dense layers
+    assert train_step_flops(hope, ids) / T > 6 * matmul_parameters(hope)
+
+
+def test_out_of_memory_at_one_length_is_recorded_and_the_sweep_goes_on():
+    from modeling_hope.bench.models import build
+    from modeling_hope.bench.timing import throughput_sweep
+
+    models = {"hope": build("hope", "hope-5m"), "llama": build("llama", "hope-5m")}
+
+    def step(model, ids):
+        if ids.shape[1] == 64:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB.")
+        return 0.5
+
+    results = throughput_sweep(models, [1], [32, 64, 96], 2, 0, step, "train", lambda msg: None)["1"]
+    assert results["64"]["error"].startswith("out of memory: CUDA out of memory")
+    for length in ("32", "96"):
+        assert results[length]["hope"]["tokens_per_second"] == int(length) / 0.5
+        assert results[length]["hope_over_llama"] == 1.0
+
+
+def test_a_failing_section_is_recorded_and_the_run_fails(tmp_path, monkeypatch, one_thread):
+    from modeling_hope.bench import training
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setattr(training, "run", broken)
+    out = tmp_path / "run.json"
+    assert hope_main(["bench", "--quick", "--sections", "train", "cache_size", "--no-plot", "--out", str(out)]) == 1
+    results = json.loads(out.read_text())
+    assert results["sections"]["train"] == {"error": "RuntimeError: planted failure"}
+    assert results["errors"] == [{"section": "train", "error": "RuntimeError: planted failure"}]
+    assert results["sections"]["cache_size"]["per_sequence"]  # the sections after it still ran
+
+
+def test_models_are_built_in_the_requested_dtype():
+    from modeling_hope.bench.models import build
+
+    for name in ("hope", "llama"):
+        model = build(name, "hope-5m", dtype=torch.bfloat16)
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

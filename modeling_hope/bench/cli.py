@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from . import cache_size, compiled, decode, machine, operators, peak_memory, prefill, targets, training
+from . import cache_size, compiled, decode, flops, machine, operators, peak_memory, prefill, targets, training
 from .models import MODELS, build, describe
+from .timing import free_memory
 
 SECTIONS = ("train", "prefill", "decode", "cache_size", "memory", "operators", "naive_model", "compile")  # in order
 QUICK = dict(train_lengths=[32, 64], decode_contexts=[32, 96], decode_steps=3, prefill_chunk=64, repeats=2,
@@ -65,6 +66,15 @@ def parse_args(argv):
                         "a training step at 512 68x slower for HOPE and 14x for Llama (each of HOPE's many small ops "
                         "waits at a barrier for a descheduled thread); HOPE gains little from a second thread even "
                         "on an idle machine")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (a GPU: timings synchronise with it, peak memory is "
+                                                     "torch.cuda.max_memory_allocated, the train section adds MFU)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="both models' weights (default float32 on the CPU, bfloat16 on a GPU)")
+    p.add_argument("--flops", action=argparse.BooleanOptionalAction, default=None,
+                   help="count each training step's FLOPs (torch's FlopCounterMode) for MFU (default: on a GPU)")
+    p.add_argument("--flops-max-length", type=int, default=2048, help="count FLOPs at train lengths up to this (0: all)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the accelerator's peak for MFU (default: the datasheet's dense bf16 figure of a known GPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny lengths: a smoke run of every section in seconds")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/hope_bench_cpu.json, or "
@@ -76,10 +86,14 @@ def parse_args(argv):
         for key, value in QUICK.items():
             if p.get_default(key) == getattr(args, key) or getattr(args, key) is None:
                 setattr(args, key, value)
+    on_gpu = args.device.startswith("cuda")
+    args.dtype = args.dtype or ("bfloat16" if on_gpu else "float32")
+    args.flops = on_gpu if args.flops is None else args.flops
     args.prefill_lengths = args.prefill_lengths or args.train_lengths
     args.memory_lengths = args.memory_lengths or args.train_lengths
     if args.out is None:
-        args.out = "hope_bench_quick.json" if args.quick else "bench/results/hope_bench_cpu.json"
+        kind = "gpu" if on_gpu else "cpu"
+        args.out = "hope_bench_quick.json" if args.quick else f"bench/results/hope_bench_{kind}.json"
     if args.plot is None and not args.no_plot:
         args.plot = str(Path(args.out).with_suffix(".png"))
     return args
@@ -112,8 +126,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     results = {"schema": "hope-bench/1", "command": "hope bench " + " ".join(sys.argv[1:] if argv is None else argv),
                "settings": {k: v for k, v in vars(args).items() if k not in ("out", "plot", "no_plot")},
-               "machine": machine.describe(), "code": machine.code_version(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "sections": {}, "skipped": [], "section_seconds": {}}
+               "machine": machine.describe(args.device), "code": machine.code_version(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "sections": {}, "skipped": [], "errors": [], "section_seconds": {}}
     for s in SECTIONS:
         if s not in args.sections:
             results["skipped"].append({"section": s, "reason": "not in --sections"})
@@ -124,7 +138,8 @@ def main(argv=None) -> int:
 
     fast_weight_memory.COMPILE_BACKEND = args.compile_backend
     max_context = max([*args.decode_contexts, *args.train_lengths, *args.prefill_lengths])
-    models = {name: build(name, args.preset, args.seed, max_context) for name in MODELS}
+    dtype = getattr(torch, args.dtype)
+    models = {name: build(name, args.preset, args.seed, max_context, args.device, dtype) for name in MODELS}
     results["models"] = describe(models)
     sections = results["sections"]
     log(f"hope bench: {args.preset} ({results['models']['hope']['parameters'] / 1e6:.2f}M) vs Llama twin "
@@ -139,21 +154,36 @@ def main(argv=None) -> int:
             results["skipped"].append({"section": name, "reason": f"--budget {args.budget:.0f} s spent"})
             return
         t0 = time.perf_counter()
-        sections[name] = fn()
+        try:
+            sections[name] = fn()
+        except Exception as e:  # one broken section (a GPU out of memory, say) is recorded; the others still run
+            sections[name] = {"error": f"{type(e).__name__}: {str(e)[:1000]}"}
+        if "error" in sections[name]:
+            free_memory(models)
+            results["errors"].append({"section": name, **sections[name]})
+            log(f"section {name} failed: {sections[name]['error']}")
         results["section_seconds"][name] = time.perf_counter() - t0
         results["skipped"] += sections[name].get("skipped", []) if isinstance(sections[name], dict) else []
         _write(results, args.out)
 
-    section("train", lambda: training.run(models, args.batch, args.train_lengths, args.repeats, args.seed, log))
+    def train():
+        out = training.run(models, args.batch, args.train_lengths, args.repeats, args.seed, log)
+        if args.flops:
+            flops.add_utilisation(out, models, args.seed, args.peak_tflops or flops.peak_tflops(args.device),
+                                  args.flops_max_length)
+        return out
+
+    section("train", train)
     section("prefill", lambda: prefill.run(models, args.batch, args.prefill_lengths, args.repeats, args.seed, log))
     section("decode", lambda: decode.run(models, args.decode_contexts, args.decode_steps, args.prefill_chunk,
                                          args.llama_max_context, args.seed, log=log))
     section("cache_size", lambda: cache_size.run(args.cache_presets, args.cache_contexts, args.preset,
                                                  (sections.get("decode") or {}).get("by_context")))
     section("memory", lambda: peak_memory.run(args.preset, args.memory_modes, args.batch, args.memory_lengths,
-                                              args.seed, args.threads, log, deadline, args.memory_recompute))
+                                              args.seed, args.threads, log, deadline, args.memory_recompute,
+                                              args.device, args.dtype))
     section("operators", lambda: operators.run(args.preset, args.operator_len, args.naive_len, args.repeats,
-                                               seed=args.seed, log=log))
+                                               seed=args.seed, log=log, device=args.device, dtype=dtype))
     section("naive_model", lambda: training.run_naive_model(models["hope"], args.preset, args.naive_model_len,
                                                             args.repeats, args.seed, log))
     section("compile", lambda: compiled.run(models["hope"], args.preset, args.compile_length, args.compile_context,
@@ -163,6 +193,7 @@ def main(argv=None) -> int:
     results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     bad = check_finite(results)
     results["non_finite"] = bad
+    bad = bad + results["errors"]
     _write(results, args.out)
     if args.plot:
         from .plot import draw

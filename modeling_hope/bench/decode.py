@@ -3,14 +3,12 @@ tokens. HOPE carries a HopeCache, which it reaches by prefilling in chunks (its 
 chunking changes nothing but the peak memory of the prefill), continuing the same cache from one context to the next;
 Llama prefills each context in one call into its DynamicCache (KV cache), as generate() would."""
 
-import time
-
 import torch
 
 from ..cache_hope import HopeCache
 from .models import random_ids
 from .prefill import prefill
-from .timing import interleaved, summary
+from .timing import interleaved, now, summary
 
 
 def cache_nbytes(cache) -> int:
@@ -35,28 +33,29 @@ class Decoder:
 
     @torch.no_grad()
     def step(self) -> float:
-        start = time.perf_counter()
+        start = now()
         out = self.model(self.token, cache=self.cache, use_cache=True, logits_to_keep=1)
         self.token = out.logits[:, -1:].argmax(-1)
-        return time.perf_counter() - start
+        return now() - start
 
 
 @torch.no_grad()
 def _advance_hope(model, cache, prompt, target: int, chunk: int):
     """Prefill `cache` with prompt tokens until it has seen `target` tokens; returns (seconds, last logits)."""
-    start, logits = time.perf_counter(), None
+    start, logits = now(), None
     while cache.get_seq_length() < target:
         seen = cache.get_seq_length()
         n = min(chunk, target - seen)
         logits = model(prompt[:, seen:seen + n], cache=cache, use_cache=True, logits_to_keep=1).logits
-    return time.perf_counter() - start, logits
+    return now() - start, logits
 
 
 def run(models: dict, contexts, steps: int, prefill_chunk: int, llama_max_context: int | None, seed: int = 0,
         warmup: int = 2, log=print) -> dict:
     hope, llama = models["hope"].eval(), models["llama"].eval()
     contexts = sorted(contexts)
-    prompt = random_ids(hope.config.vocab_size, 1, max(contexts) + (warmup + steps) * len(contexts), seed)
+    prompt = random_ids(hope.config.vocab_size, 1, max(contexts) + (warmup + steps) * len(contexts), seed,
+                        hope.device)
     hope_cache = HopeCache(hope.config)
     results, skipped = {}, []
     for context in contexts:
@@ -71,11 +70,11 @@ def run(models: dict, contexts, steps: int, prefill_chunk: int, llama_max_contex
             entry["llama"] = {"skipped": reason}
             skipped.append({"section": "decode", "model": "llama", "context": context, "reason": reason})
         else:
-            start = time.perf_counter()
+            start = now()
             with torch.no_grad():
                 out = llama(prompt[:, :context], use_cache=True, logits_to_keep=1)
             entry["llama"] = {"context_tokens": out.cache.get_seq_length(), "cache_bytes": cache_nbytes(out.cache),
-                              "prefill_seconds_to_reach": time.perf_counter() - start}
+                              "prefill_seconds_to_reach": now() - start}
             decoders["llama"] = Decoder(llama, out.cache, out.logits)
             del out
         for decoder in decoders.values():

@@ -45,13 +45,30 @@ def code_version() -> dict:
     return {"git_commit": commit.stdout.strip(), "work_tree_modified": bool(dirty.stdout.strip())}
 
 
-def describe() -> dict:
+def describe(device="cpu") -> dict:
     import transformers
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"platform": platform.platform(), "machine": platform.machine(), "cpu": _cpu_model(),
+    out = {"platform": platform.platform(), "machine": platform.machine(), "cpu": _cpu_model(),
             "logical_cpus": os.cpu_count(), "memory_gib": _memory_gib(), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__,
             "torch_threads": torch.get_num_threads(), "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
-            "cuda_available": torch.cuda.is_available(), "device": "cpu",
+            "cuda_available": torch.cuda.is_available(), "device": str(device),
             "load_average_at_start": list(load) if load else None}
+    if torch.device(device).type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        out.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 2),
+                   gpu_multiprocessors=props.multi_processor_count, gpu_capability=f"{props.major}.{props.minor}",
+                   cuda=torch.version.cuda, gpu_driver=_driver())
+    return out
+
+
+def _driver() -> str | None:
+    import subprocess
+
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                           text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() or None

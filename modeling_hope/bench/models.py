@@ -17,15 +17,17 @@ def twin_config(config, max_context: int = 0):
     return llama
 
 
-def build(name: str, preset: str, seed: int = 0, max_context: int = 0, **overrides):
-    """One model of the pair, float32 on the CPU, weights drawn from `seed`; `overrides` are HopeConfig fields."""
+def build(name: str, preset: str, seed: int = 0, max_context: int = 0, device="cpu", dtype=torch.float32,
+          **overrides):
+    """One model of the pair, weights drawn from `seed` (on `device`, then cast to `dtype`); `overrides` are
+    HopeConfig fields."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
     config = hope_config(preset, **overrides)
     torch.manual_seed(seed)
-    if name == "hope":
-        return HopeForCausalLM(config)
-    if name == "llama":
-        return LlamaForCausalLM(twin_config(config, max_context))
-    raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
+    with torch.device(device):
+        model = HopeForCausalLM(config) if name == "hope" else LlamaForCausalLM(twin_config(config, max_context))
+    return model.to(dtype)
 
 
 def describe(models: dict) -> dict:
@@ -46,5 +48,7 @@ def describe(models: dict) -> dict:
     return out
 
 
-def random_ids(vocab_size: int, batch: int, length: int, seed: int):
-    return torch.randint(0, vocab_size, (batch, length), generator=torch.Generator().manual_seed(seed))
+def random_ids(vocab_size: int, batch: int, length: int, seed: int, device="cpu"):
+    """The same tokens on every device (drawn on the CPU)."""
+    ids = torch.randint(0, vocab_size, (batch, length), generator=torch.Generator().manual_seed(seed))
+    return ids.to(device)

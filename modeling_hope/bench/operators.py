@@ -5,8 +5,6 @@ each token's inner gradient with autograd, as it must). Inputs come from a real 
 its own `_produce`; the naive reference walks the tokens one by one, so its cost per token does not depend on the
 length: where it is timed on fewer tokens than the chunked operator, tokens/s are compared."""
 
-import time
-
 import torch
 import torch.nn.functional as F
 
@@ -14,11 +12,12 @@ from ..fast_weight_memory import (FastWeights, chunked_memory_scan, chunked_proj
                                   naive_projection_scan)
 from ..modeling_hope import HopeMemoryMixer
 from ..presets import hope_config
+from .timing import now
 
 OPERATORS = ("memory", "projection")
 
 
-def _inputs(config, length: int, seed: int):
+def _inputs(config, length: int, seed: int, device="cpu", dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     mixer = HopeMemoryMixer(config, 0)
@@ -43,11 +42,14 @@ def _inputs(config, length: int, seed: int):
     log_beta = F.logsigmoid(torch.ones(H))
     mask = torch.ones(1, length, dtype=torch.bool)
     counts = torch.zeros(1, dtype=torch.long)
-    return mixer, memory, (q, k, v, eta, log_alpha, boxes), log_beta, mask, counts
+    move = lambda t: t.to(device, dtype if t.is_floating_point() else t.dtype)  # noqa: E731 (drawn on the CPU)
+    inputs = tuple(map(move, (q, k, v, eta, log_alpha, boxes)))
+    return mixer.to(device, dtype), FastWeights(*map(move, memory)), inputs, move(log_beta), move(mask), move(counts)
 
 
-def _runner(op: str, config, length: int, seed: int, impl: str):
-    mixer, memory, (q, k, v, eta, log_alpha, boxes), log_beta, mask, counts = _inputs(config, length, seed)
+def _runner(op: str, config, length: int, seed: int, impl: str, device="cpu", dtype=torch.float32):
+    mixer, memory, (q, k, v, eta, log_alpha, boxes), log_beta, mask, counts = _inputs(config, length, seed, device,
+                                                                                      dtype)
     common = dict(act=config.memory_activation, dgd=1.0 if config.use_dgd else 0.0,
                   self_generated=config.self_generated_values)
     if impl != "naive":
@@ -67,20 +69,20 @@ def _runner(op: str, config, length: int, seed: int, impl: str):
 
 @torch.no_grad()
 def _seconds(fn) -> float:
-    start = time.perf_counter()
+    start = now()
     fn()
-    return time.perf_counter() - start
+    return now() - start
 
 
 def run(preset: str, length: int, naive_length: int, repeats: int, naive_repeats: int = 1, seed: int = 0,
-        operators=OPERATORS, log=print) -> dict:
+        operators=OPERATORS, log=print, device="cpu", dtype=torch.float32) -> dict:
     config = hope_config(preset)
     results = {}
     for op in operators:
         entry = {}
         for impl, n, reps in (("chunked", length, repeats), ("chunked", naive_length, repeats),
                               ("compiled", length, repeats), ("naive", naive_length, naive_repeats)):
-            fn = _runner(op, config, n, seed, impl)
+            fn = _runner(op, config, n, seed, impl, device, dtype)
             if impl != "naive":
                 _seconds(fn)  # warm-up (and the compilation)
             best = min(_seconds(fn) for _ in range(reps))

@@ -5,7 +5,10 @@ The child builds the one model and its input, collects garbage and returns freed
 its resident set (VmRSS), runs one step and reads the high-water mark (VmHWM). The figure is VmHWM - VmRSS: the
 peak resident memory the step added on top of the model, its input and the libraries (activations, gradients,
 temporaries, the cache). Where clear_refs is unavailable, the high-water mark is `getrusage(RUSAGE_SELF).ru_maxrss`
-and the figure is a lower bound (the method field says which was used)."""
+and the figure is a lower bound (the method field says which was used).
+
+On a GPU the measurement runs in this process: the step's peak of `torch.cuda.max_memory_allocated` less the
+memory allocated before it (the model and its input), the model freed after each measurement."""
 
 import ctypes
 import gc
@@ -56,14 +59,54 @@ def variants(recompute: int) -> dict:
             "llama_checkpointing": ("llama", {}, True)}
 
 
-def measure_here(model_name: str, preset: str, mode: str, batch: int, length: int, seed: int,
-                 overrides: dict | None = None, checkpointing: bool = False) -> dict:
+def _step(model, ids, mode):
+    from .prefill import prefill
+
+    if mode == "train":
+        model(ids, labels=ids).loss.backward()
+    else:
+        prefill(model, ids)
+
+
+def measure_cuda(model_name: str, preset: str, mode: str, batch: int, length: int, seed: int,
+                 overrides: dict | None = None, checkpointing: bool = False, device="cuda", dtype="float32") -> dict:
     import torch
 
     from .models import build, random_ids
-    from .prefill import prefill
+    from .timing import free_memory
 
-    model = build(model_name, preset, seed, max_context=length, **(overrides or {}))
+    free_memory()
+    model = build(model_name, preset, seed, max_context=length, device=device, dtype=getattr(torch, dtype),
+                  **(overrides or {}))
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    ids = random_ids(model.config.vocab_size, batch, length, seed, device)
+    model.train(mode == "train")
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    out = {"model": model_name, "overrides": overrides or {}, "activation_checkpointing": checkpointing,
+           "mode": mode, "batch": batch, "length": length, "dtype": dtype,
+           "high_water_mark": "torch.cuda.max_memory_allocated"}
+    try:
+        _step(model, ids, mode)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        out.update(baseline_mib=base / 2**20, peak_mib=peak / 2**20, peak_delta_mib=(peak - base) / 2**20)
+    except torch.OutOfMemoryError as e:
+        out["error"] = f"out of memory: {str(e)[:300]}"
+    del model, ids
+    free_memory()
+    return out
+
+
+def measure_here(model_name: str, preset: str, mode: str, batch: int, length: int, seed: int,
+                 overrides: dict | None = None, checkpointing: bool = False, dtype: str = "float32") -> dict:
+    import torch
+
+    from .models import build, random_ids
+
+    model = build(model_name, preset, seed, max_context=length, dtype=getattr(torch, dtype), **(overrides or {}))
     if checkpointing:
         model.gradient_checkpointing_enable()
     ids = random_ids(model.config.vocab_size, batch, length, seed)
@@ -73,22 +116,19 @@ def measure_here(model_name: str, preset: str, mode: str, batch: int, length: in
     exact = _reset_high_water_mark()
     base = _status_kib("VmRSS")
     ru_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if mode == "train":
-        model(ids, labels=ids).loss.backward()
-    else:
-        cache = prefill(model, ids)
+    _step(model, ids, mode)
     peak = _status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if not exact:
         base = max(base or 0, ru_before)
     return {"model": model_name, "overrides": overrides or {}, "activation_checkpointing": checkpointing,
-            "mode": mode, "batch": batch, "length": length, "threads": torch.get_num_threads(),
+            "mode": mode, "dtype": dtype, "batch": batch, "length": length, "threads": torch.get_num_threads(),
             "baseline_rss_mib": base / 1024, "peak_rss_mib": peak / 1024, "peak_delta_mib": (peak - base) / 1024,
             "high_water_mark": "VmHWM after clear_refs" if exact else "ru_maxrss (lower bound)"}
 
 
 def measure(model_name: str, preset: str, mode: str, batch: int, length: int, seed: int = 0,
             threads: int | None = None, timeout: float | None = None, overrides: dict | None = None,
-            checkpointing: bool = False) -> dict:
+            checkpointing: bool = False, dtype: str = "float32") -> dict:
     """Runs one measurement in a fresh interpreter and returns its figures (or {'error': ...})."""
     root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
@@ -97,7 +137,7 @@ def measure(model_name: str, preset: str, mode: str, batch: int, length: int, se
         env["OMP_NUM_THREADS"] = str(threads)
     args = [sys.executable, "-m", "modeling_hope.bench.peak_memory", json.dumps(
         {"model_name": model_name, "preset": preset, "mode": mode, "batch": batch, "length": length, "seed": seed,
-         "overrides": overrides, "checkpointing": checkpointing})]
+         "overrides": overrides, "checkpointing": checkpointing, "dtype": dtype})]
     try:
         proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -108,7 +148,7 @@ def measure(model_name: str, preset: str, mode: str, batch: int, length: int, se
 
 
 def run(preset: str, modes, batches, lengths, seed: int = 0, threads: int | None = None, log=print,
-        deadline: float | None = None, recompute: int = 0) -> dict:
+        deadline: float | None = None, recompute: int = 0, device="cpu", dtype: str = "float32") -> dict:
     """Both models at every (mode, batch, length), and in training the `variants`; measurements that would start
     after `deadline` (time.perf_counter()) are skipped and listed."""
     import time
@@ -126,8 +166,12 @@ def run(preset: str, modes, batches, lengths, seed: int = 0, threads: int | None
                 if mode == "train":
                     runs.update(variants(recompute))
                 for name, (model_name, overrides, checkpointing) in runs.items():
-                    r = measure(model_name, preset, mode, batch, length, seed, threads, overrides=overrides,
-                                checkpointing=checkpointing)
+                    if str(device).startswith("cuda"):
+                        r = measure_cuda(model_name, preset, mode, batch, length, seed, overrides, checkpointing,
+                                         device, dtype)
+                    else:
+                        r = measure(model_name, preset, mode, batch, length, seed, threads, overrides=overrides,
+                                    checkpointing=checkpointing, dtype=dtype)
                     entry[name] = r
                     if "error" in r:
                         errors.append({"mode": mode, "batch": batch, "length": length, "model": name, **r})

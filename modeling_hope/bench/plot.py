@@ -31,9 +31,11 @@ def _first_batch(section: dict) -> tuple[str, dict]:
 def draw(results: dict, path: str):
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     preset = results["settings"]["preset"]
-    fig.suptitle(f"hope bench: {preset} vs its Llama twin, {results['machine']['cpu']}, "
-                 f"{results['machine']['torch_threads']} threads, torch {results['machine']['torch']}", fontsize=10)
-    sections = results["sections"]
+    m = results["machine"]
+    where = (f"{m['gpu']}, {results['settings'].get('dtype')}" if m.get("gpu")
+             else f"{m['cpu']}, {m['torch_threads']} threads")
+    fig.suptitle(f"hope bench: {preset} vs its Llama twin, {where}, torch {m['torch']}", fontsize=10)
+    sections = {name: s for name, s in results["sections"].items() if "error" not in s}  # failed sections: no panel
     for ax, name, title, xlabel in ((axes[0, 0], "train", "training (fwd+bwd)", "sequence length"),
                                     (axes[0, 1], "prefill", "prefill (no grad, with cache)", "prompt length")):
         if name in sections:
@@ -47,11 +49,11 @@ def draw(results: dict, path: str):
         ax.set_title("decode, batch 1")
     ax.set_xlabel("context (tokens)"), ax.set_ylabel("ms / token")
     ax = axes[1, 0]
-    if "memory" in sections and "train" in sections["memory"]["by_mode"]:
+    if "train" in sections.get("memory", {}).get("by_mode", {}):
         by_batch = sections["memory"]["by_mode"]["train"]
         batch = sorted(by_batch, key=int)[0]
         _lines(ax, by_batch[batch], "peak_delta_mib")
-        ax.set_title(f"peak RSS added by one training step, batch {batch}")
+        ax.set_title(f"peak {'GPU memory' if m.get('gpu') else 'RSS'} added by one training step, batch {batch}")
     ax.set_xlabel("sequence length"), ax.set_ylabel("MiB")
     ax = axes[1, 1]
     if "cache_size" in sections:

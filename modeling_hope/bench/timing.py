@@ -3,13 +3,27 @@ moment of a shared machine hits both, and the best of N repeats is reported."""
 
 import time
 
+import torch
+
 from .models import random_ids
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def now() -> float:
+    """A host clock reading after the GPU's queued work is done (its kernels run asynchronously)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def free_memory(models=()):
+    """Drops gradients and returns the GPU allocator's cached blocks (after an out-of-memory error)."""
+    import gc
+
+    for model in dict(models).values():
+        model.zero_grad(set_to_none=True)
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def interleaved(steps: dict, repeats: int) -> dict:
@@ -36,8 +50,17 @@ def throughput_sweep(models: dict, batches, lengths, repeats: int, seed: int, st
     results = {}
     for batch in batches:
         for length in lengths:
-            ids = random_ids(next(iter(models.values())).config.vocab_size, batch, length, seed + length)
-            times = interleaved({name: (lambda m=m: step_seconds(m, ids)) for name, m in models.items()}, repeats)
+            first = next(iter(models.values()))
+            ids = random_ids(first.config.vocab_size, batch, length, seed + length, first.device)
+            try:
+                times = interleaved({name: (lambda m=m: step_seconds(m, ids)) for name, m in models.items()}, repeats)
+            except torch.OutOfMemoryError as e:  # a GPU too small for this length: recorded, the sweep goes on
+                times = f"out of memory: {str(e)[:300]}"
+            if isinstance(times, str):  # freed outside the except block, whose traceback holds the step's tensors
+                free_memory(models)
+                results.setdefault(str(batch), {})[str(length)] = {"error": times}
+                log(f"{label} batch {batch} length {length}: {times[:13]}")
+                continue
             entry = {name: summary(t, batch * length) for name, t in times.items()}
             for e in entry.values():
                 e["tokens_per_second"] = e.pop("per_second")

@@ -1,16 +1,16 @@
 """Forward+backward training throughput: the loss on (batch, length) random tokens and its backward (no optimizer
 step), HOPE and Llama interleaved, best of N."""
 
-import time
+import torch
 
 from .models import random_ids
-from .timing import throughput_sweep
+from .timing import now, throughput_sweep
 
 
 def train_step_seconds(model, ids) -> float:
-    start = time.perf_counter()
+    start = now()
     model(ids, labels=ids).loss.backward()
-    seconds = time.perf_counter() - start
+    seconds = now() - start
     model.zero_grad(set_to_none=True)
     return seconds
 
@@ -18,7 +18,7 @@ def train_step_seconds(model, ids) -> float:
 def run(models: dict, batches, lengths, repeats: int, seed: int = 0, log=print) -> dict:
     for model in models.values():
         model.train()
-        train_step_seconds(model, random_ids(model.config.vocab_size, 1, 64, seed))  # warm-up
+        train_step_seconds(model, random_ids(model.config.vocab_size, 1, 64, seed, model.device))  # warm-up
     results = throughput_sweep(models, batches, lengths, repeats, seed, train_step_seconds, "train", log)
     return {"method": "one forward of the causal-LM loss on random tokens plus its backward, gradients dropped "
                       "after each step; the models alternate within each repeat (order swapped every repeat); "
@@ -33,10 +33,11 @@ def run_naive_model(hope, preset: str, length: int, repeats: int, seed: int = 0,
     from ..modeling_hope import HopeForCausalLM
     from ..presets import hope_config
 
-    naive = HopeForCausalLM(hope_config(preset, memory_impl="naive")).train()
+    with torch.device(hope.device):
+        naive = HopeForCausalLM(hope_config(preset, memory_impl="naive")).to(hope.dtype).train()
     naive.load_state_dict(hope.state_dict())
     hope.train()
-    ids = random_ids(hope.config.vocab_size, 1, length, seed)
+    ids = random_ids(hope.config.vocab_size, 1, length, seed, hope.device)
     naive_seconds = train_step_seconds(naive, ids)
     chunked_seconds = min(train_step_seconds(hope, ids) for _ in range(repeats))
     out = {"method": run_naive_model.__doc__.replace("\n   ", ""), "length": length, "batch": 1,

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The GPU part of issue 5 in one call: exactness on the GPU, then `hope bench` on the 340M preset (bf16) at batch 1,
+# then a batch-8 training/prefill sweep. Results go to $OUT (default ./gpu-results). Budgets in seconds keep the
+# whole script near 7 minutes on an H100/H200; a section that would start after its run's budget is recorded as
+# skipped. A newer transformers than the machine's can be carried as a wheel in .whl/ (installed to /tmp/site).
+set -u
+OUT=${OUT:-gpu-results}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}. PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/nvidia_smi.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+timeout 100 python3 bench/gpu_check.py --out "$OUT/gpu_check.json" 2>&1 | tail -25
+BENCH="python3 -m modeling_hope.cli bench --device cuda --preset hope-340m --threads 0 --no-plot"
+timeout 360 $BENCH --repeats 2 --memory-lengths 8192 --naive-len 256 --naive-model-len 0 \
+    --budget ${MAIN_BUDGET:-250} --out "$OUT/hope_bench_gpu.json" 2>&1 | grep -v Warning
+timeout 80 $BENCH --batch 8 --train-lengths 2048 --sections train prefill --repeats 2 \
+    --budget 60 --out "$OUT/hope_bench_gpu_batch8.json" 2>&1 | grep -v Warning
+ls -la "$OUT"
