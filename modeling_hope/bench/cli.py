@@ -37,6 +37,8 @@ def parse_args(argv):
     p.add_argument("--prefill-lengths", type=int, nargs="+", default=None, help="default: the train lengths")
     p.add_argument("--decode-contexts", type=int, nargs="+", default=[512, 2048, 8192, 32768])
     p.add_argument("--decode-steps", type=int, default=16, help="timed decode steps per model and context")
+    p.add_argument("--decode-block", type=int, default=8,
+                   help="consecutive decode steps per model before the other model's turn (1: alternate every token)")
     p.add_argument("--prefill-chunk", type=int, default=8192, help="HOPE's prefill chunk on the way to a context")
     p.add_argument("--llama-max-context", type=int, default=None,
                    help="skip (and record) Llama decoding at larger contexts, whose one-call prefill is slow on CPU")
@@ -176,7 +178,7 @@ def main(argv=None) -> int:
     section("train", train)
     section("prefill", lambda: prefill.run(models, args.batch, args.prefill_lengths, args.repeats, args.seed, log))
     section("decode", lambda: decode.run(models, args.decode_contexts, args.decode_steps, args.prefill_chunk,
-                                         args.llama_max_context, args.seed, log=log))
+                                         args.llama_max_context, args.seed, log=log, block=args.decode_block))
     section("cache_size", lambda: cache_size.run(args.cache_presets, args.cache_contexts, args.preset,
                                                  (sections.get("decode") or {}).get("by_context")))
     section("memory", lambda: peak_memory.run(args.preset, args.memory_modes, args.batch, args.memory_lengths,
