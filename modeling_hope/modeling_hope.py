@@ -63,8 +63,8 @@ class ShortConv(nn.Module):
         out = xs[:, :L] * self.weight[:, 0]
         for k in range(1, size):
             out = out + xs[:, k:k + L] * self.weight[:, k]
-        if int(lengths.min()) == L:  # every row full: the tail is the last size - 1 inputs
-            new_state = xs[:, L:]
+        if int(lengths.min()) == L:  # every row full: the tail is the last size - 1 inputs (counted from the end of
+            new_state = xs[:, xs.shape[1] - (size - 1):]  # xs: a start of L made inductor lose L's shape symbol)
         else:
             new_state = gather_rows(xs, lengths[:, None] + torch.arange(size - 1, device=x.device))
         return out, new_state
