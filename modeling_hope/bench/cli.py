@@ -74,7 +74,8 @@ def parse_args(argv):
                    help="both models' weights (default float32 on the CPU, bfloat16 on a GPU)")
     p.add_argument("--flops", action=argparse.BooleanOptionalAction, default=None,
                    help="count each training step's FLOPs (torch's FlopCounterMode) for MFU (default: on a GPU)")
-    p.add_argument("--flops-max-length", type=int, default=2048, help="count FLOPs at train lengths up to this (0: all)")
+    p.add_argument("--flops-max-length", type=int, default=2048,
+                   help="count FLOPs at train lengths up to this (0: all)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the accelerator's peak for MFU (default: the datasheet's dense bf16 figure of a known GPU)")
     p.add_argument("--seed", type=int, default=0)
