@@ -15,8 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modeling_hope.modeling_hope import HopeForCausalLM  # noqa: E402
-from modeling_hope.presets import hope_config  # noqa: E402
+from modeling_hope.bench.models import build  # noqa: E402
 
 
 def rel(a, b) -> float:
@@ -41,12 +40,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 on the GPU too, not TensorFloat-32
     torch.backends.cudnn.allow_tf32 = False
-    torch.manual_seed(0)
-    cpu = HopeForCausalLM(hope_config("hope-5m")).train()
-    gpu = HopeForCausalLM(hope_config("hope-5m")).to(args.device).train()
-    gpu.load_state_dict(cpu.state_dict())
-    naive = HopeForCausalLM(hope_config("hope-5m", memory_impl="naive")).to(args.device).train()
-    naive.load_state_dict(cpu.state_dict())
+    cpu = build("hope", "hope-5m").train()
+    gpu = build("hope", "hope-5m", device=args.device).train()
+    naive = build("hope", "hope-5m", device=args.device, memory_impl="naive").train()
+    for model in (gpu, naive):
+        model.load_state_dict(cpu.state_dict())
     ids = torch.randint(0, cpu.config.vocab_size, (2, args.length), generator=torch.Generator().manual_seed(1))
     checks = {}
     for name, model, n in (("gpu_vs_cpu", gpu, args.length), ("gpu_naive_vs_cpu", naive, args.naive_length)):

@@ -12,15 +12,16 @@ written as zero). Subnormal arithmetic is many times slower on x86 CPUs; the sta
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from modeling_hope.bench.decode import Decoder  # noqa: E402
 from modeling_hope.bench.machine import code_version, describe  # noqa: E402
 from modeling_hope.bench.models import build, random_ids  # noqa: E402
+from modeling_hope.bench.timing import summary  # noqa: E402
 from modeling_hope.cache_hope import HopeCache  # noqa: E402
 
 TINY = torch.finfo(torch.float32).tiny
@@ -30,15 +31,9 @@ def state_floats(cache):
     return [t for layer in cache.layers for t in layer.tensors.values() if t.is_floating_point()]
 
 
-@torch.no_grad()
-def decode_ms(model, cache, token, steps: int):
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        token = model(token, cache=cache, use_cache=True, logits_to_keep=1).logits.argmax(-1)
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return {"best": 1e3 * times[0], "median": 1e3 * times[len(times) // 2]}, token
+def decode_ms(decoder: Decoder, steps: int) -> dict:
+    s = summary(decoder.steps(steps), 1)
+    return {"best": 1e3 * s["best_seconds"], "median": 1e3 * s["median_seconds"]}
 
 
 def main(argv=None) -> int:
@@ -67,10 +62,10 @@ def main(argv=None) -> int:
                    "layer0_max_abs": {f: [float(x) for x in st[f"memory.{f}"][0].abs().amax((-1, -2, -3))]
                                       for f in ("W1", "W2", "S1")}}
             # decoding continues the cache, so it runs on the state just measured (a few tokens more)
-            token = logits.argmax(-1)
-            row["decode_ms"], token = decode_ms(model, cache, token, args.steps)
+            decoder = Decoder(model, cache, logits)
+            row["decode_ms"] = decode_ms(decoder, args.steps)
             torch.set_flush_denormal(True)
-            row["decode_ms_flush_denormal"], token = decode_ms(model, cache, token, args.steps)
+            row["decode_ms_flush_denormal"] = decode_ms(decoder, args.steps)
             torch.set_flush_denormal(False)
             seen = cache.get_seq_length()  # the decoded tokens count; the prompt goes on after them
             rows.append(row)

@@ -123,7 +123,8 @@ class HopeConfig(PreTrainedConfig):
             fail("hidden_act", f"only 'silu' (SwiGLU) levels are implemented, got {self.hidden_act!r}")
         if not isinstance(self.memory_recompute, int) or isinstance(self.memory_recompute, bool) \
                 or self.memory_recompute < 0:
-            fail("memory_recompute", f"must be an integer >= 0 (chunks per segment, 0: off), got {self.memory_recompute!r}")
+            fail("memory_recompute",
+                 f"must be an integer >= 0 (chunks per segment, 0: off), got {self.memory_recompute!r}")
         if not isinstance(self.compile_memory, bool):
             fail("compile_memory", f"must be True or False, got {self.compile_memory!r}")
         if not isinstance(self.conv_size, int) or self.conv_size < 0:

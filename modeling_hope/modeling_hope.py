@@ -509,12 +509,12 @@ class HopeModel(HopePreTrainedModel):
         yet), keep its last position pending, advance the counters and step the levels whose period boundary was
         reached: theta <- theta - lr * sum_t g_t."""
         rows = take > 0
-        last = (take - 1).clamp(min=0)
+        at_last = torch.arange(len(take), device=take.device), (take - 1).clamp(min=0)  # each row's last position
         shared = cache.shared.tensors
         counts = shared["counts"] + take
         shared["counts"] = counts
         shared["pending"] = shared["pending"] | rows
-        shared["pending_h"] = torch.where(rows[:, None], h[torch.arange(len(take), device=h.device), last], shared["pending_h"])
+        shared["pending_h"] = torch.where(rows[:, None], h[at_last], shared["pending_h"])
         all_rows = bool(rows.all())  # selects only where some rows differ (decoding one token is mostly this)
         steps = {period: rows & (counts % period == 0)
                  for period in {self.config.cms_levels[l]["period"] for l in self.config.in_context_levels}}
@@ -524,7 +524,6 @@ class HopeModel(HopePreTrainedModel):
             for l, z, g, v in recs:
                 down = st[f"cms{l}.down"].detach()
                 grads = teach_gradients(z, g, v, down, delta) if delta is not None else (None,) * 3
-                at_last = torch.arange(len(take), device=take.device), last
                 for key, value in (("pend_z", z[at_last]), ("pend_g", g[at_last]), ("pend_v", v[at_last]),
                                    ("pend_down", down)):
                     keep = rows.view(-1, *([1] * (value.dim() - 1)))

@@ -6,7 +6,8 @@
 Sections: train (forward+backward tokens/s), prefill (tokens/s), decode (ms/token at several contexts), memory (peak
 RSS of one step, fresh child process each), cache_size (state bytes per sequence, paper presets), operators (chunked
 memory scans against their naive references), naive_model (the whole model with naive memories, forward+backward,
-at a short length), compile (torch.compile with the compiled chunk step against eager: training and decoding). A section left out, or a length skipped, is recorded under "skipped" with the reason."""
+at a short length), compile (torch.compile with the compiled chunk step against eager: training and decoding).
+A section left out, or a length skipped, is recorded under "skipped" with the reason."""
 
 import argparse
 import json
@@ -129,7 +130,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     results = {"schema": "hope-bench/1", "command": "hope bench " + " ".join(sys.argv[1:] if argv is None else argv),
                "settings": {k: v for k, v in vars(args).items() if k not in ("out", "plot", "no_plot")},
-               "machine": machine.describe(args.device), "code": machine.code_version(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "machine": machine.describe(args.device), "code": machine.code_version(),
+               "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "sections": {}, "skipped": [], "errors": [], "section_seconds": {}}
     for s in SECTIONS:
         if s not in args.sections:

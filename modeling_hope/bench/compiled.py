@@ -4,18 +4,15 @@ decoding. Compile time is the first call's time less an eager call's; steps are 
 
 import torch
 
-from ..modeling_hope import HopeForCausalLM
-from ..presets import hope_config
 from .decode import Decoder
-from .models import random_ids
+from .models import build, random_ids
 from .prefill import prefill
 from .timing import interleaved, now, summary
 from .training import train_step_seconds
 
 
 def _pair(hope, preset: str, backend: str):
-    with torch.device(hope.device):
-        compiled = HopeForCausalLM(hope_config(preset, compile_memory=True)).to(hope.dtype)
+    compiled = build("hope", preset, device=hope.device, dtype=hope.dtype, compile_memory=True)
     compiled.load_state_dict(hope.state_dict())
     return compiled, torch.compile(compiled, backend=backend)
 
@@ -66,7 +63,7 @@ def _decode(hope, model, compiled, context: int, steps: int, repeats: int, seed:
     decoders["compiled"].step()
     warmup = now() - start
     decoders["eager"].step()
-    times = interleaved({name: (lambda d=d: sum(d.step() for _ in range(steps)) / steps)
+    times = interleaved({name: (lambda d=d: sum(d.steps(steps)) / steps)
                          for name, d in decoders.items()}, repeats)
     decode = {name: {"ms_per_token": min(t) * 1e3, "ms_per_token_each_repeat": [x * 1e3 for x in t]}
               for name, t in times.items()}

@@ -59,6 +59,21 @@ def variants(recompute: int) -> dict:
             "llama_checkpointing": ("llama", {}, True)}
 
 
+def _model_and_input(model_name, preset, mode, batch, length, seed, overrides, checkpointing, device, dtype):
+    """The measured model (in train mode for a training step, with activation checkpointing if asked) and its
+    random input."""
+    import torch
+
+    from .models import build, random_ids
+
+    model = build(model_name, preset, seed, max_context=length, device=device, dtype=getattr(torch, dtype),
+                  **(overrides or {}))
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train(mode == "train")
+    return model, random_ids(model.config.vocab_size, batch, length, seed, device)
+
+
 def _step(model, ids, mode):
     from .prefill import prefill
 
@@ -72,16 +87,11 @@ def measure_cuda(model_name: str, preset: str, mode: str, batch: int, length: in
                  overrides: dict | None = None, checkpointing: bool = False, device="cuda", dtype="float32") -> dict:
     import torch
 
-    from .models import build, random_ids
     from .timing import free_memory
 
     free_memory()
-    model = build(model_name, preset, seed, max_context=length, device=device, dtype=getattr(torch, dtype),
-                  **(overrides or {}))
-    if checkpointing:
-        model.gradient_checkpointing_enable()
-    ids = random_ids(model.config.vocab_size, batch, length, seed, device)
-    model.train(mode == "train")
+    model, ids = _model_and_input(model_name, preset, mode, batch, length, seed, overrides, checkpointing, device,
+                                  dtype)
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -104,13 +114,8 @@ def measure_here(model_name: str, preset: str, mode: str, batch: int, length: in
                  overrides: dict | None = None, checkpointing: bool = False, dtype: str = "float32") -> dict:
     import torch
 
-    from .models import build, random_ids
-
-    model = build(model_name, preset, seed, max_context=length, dtype=getattr(torch, dtype), **(overrides or {}))
-    if checkpointing:
-        model.gradient_checkpointing_enable()
-    ids = random_ids(model.config.vocab_size, batch, length, seed)
-    model.train(mode == "train")
+    model, ids = _model_and_input(model_name, preset, mode, batch, length, seed, overrides, checkpointing, "cpu",
+                                  dtype)
     gc.collect()
     _malloc_trim()
     exact = _reset_high_water_mark()

@@ -1,9 +1,7 @@
 """Forward+backward training throughput: the loss on (batch, length) random tokens and its backward (no optimizer
 step), HOPE and Llama interleaved, best of N."""
 
-import torch
-
-from .models import random_ids
+from .models import build, random_ids
 from .timing import now, throughput_sweep
 
 
@@ -30,11 +28,7 @@ def run_naive_model(hope, preset: str, length: int, repeats: int, seed: int = 0,
     """The whole model with `memory_impl="naive"` (token-by-token memories, same weights) against the chunked model
     on the same (1, length) tokens, forward+backward; the naive model runs once (its cost per token does not depend
     on the length)."""
-    from ..modeling_hope import HopeForCausalLM
-    from ..presets import hope_config
-
-    with torch.device(hope.device):
-        naive = HopeForCausalLM(hope_config(preset, memory_impl="naive")).to(hope.dtype).train()
+    naive = build("hope", preset, device=hope.device, dtype=hope.dtype, memory_impl="naive").train()
     naive.load_state_dict(hope.state_dict())
     hope.train()
     ids = random_ids(hope.config.vocab_size, 1, length, seed, hope.device)
