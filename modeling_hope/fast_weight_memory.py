@@ -9,86 +9,21 @@ A memory is a residual two-layer MLP with fast weights, `M(u) = u + W1 act(W2 u)
     W_t = alpha_t W_{t-1} + S_t
 
 Each operator comes twice, with one signature: a naive reference that walks the tokens one by one and takes the
-inner gradient with autograd, and the chunked dual form used by the model. Shapes: B rows, G independent memories
+inner gradient with autograd, and the chunked dual form used by the model (one chunk's math, and its hand-written
+backward, are in `memory_chunk.py`). Shapes: B rows, G independent memories
 (memories x heads), T tokens, d head size, R = r * d hidden width; W1 (B, G, d, R), W2 (B, G, R, d).
 
 Inputs are "compacted": each row's real tokens come first (`mask` is a prefix), and `counts` holds how many real
 tokens each row had already seen, so chunk boundaries fall at multiples of the chunk size in every row's own count.
 """
 
-import math
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint
 
-
-class FastWeights(NamedTuple):
-    """State of a group of memories. `*_eval` are the weights at the start of the current chunk (where the inner
-    gradients and the self-generated targets are taken); `W1, W2, S1, S2` already include the chunk's updates."""
-
-    W1_eval: torch.Tensor
-    W2_eval: torch.Tensor
-    W1: torch.Tensor
-    W2: torch.Tensor
-    S1: torch.Tensor
-    S2: torch.Tensor
-
-
-def _silu_grad(z):
-    s = torch.sigmoid(z)
-    return s * (1 + z * (1 - s))
-
-
-def _gelu_grad(z):
-    return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-
-
-ACTIVATIONS = {"silu": (F.silu, _silu_grad), "gelu": (F.gelu, _gelu_grad)}
-
-
-def memory_read(u, W1, W2, act: str):
-    """M(u) = u + W1 act(W2 u), batched over leading dims; u (..., T, d)."""
-    if u.dim() > 3 and u.shape[:-2] == W2.shape[:-2] == W1.shape[:-2]:  # bmm on flattened views: matmul's
-        # broadcasting path costs several more ops per call (it matters when decoding, one token per call)
-        flat = u.reshape(-1, *u.shape[-2:])
-        h = ACTIVATIONS[act][0](torch.bmm(flat, W2.reshape(-1, *W2.shape[-2:]).mT))
-        return u + torch.bmm(h, W1.reshape(-1, *W1.shape[-2:]).mT).view(u.shape)
-    return u + ACTIVATIONS[act][0](u @ W2.mT) @ W1.mT
-
-
-def inner_update_factors(keys, values, W1, W2, act: str, dgd: float, self_generated: bool):
-    """The inner updates are rank one: u1_t = b1_t a1_t^T (for W1), u2_t = b2_t a2_t^T (for W2). With z = W2 k,
-    h = act(z), e = M(k) - vhat: grad W1 = e h^T and grad W2 = ((W1^T e) * act'(z)) k^T; DGD adds (W1 h) h^T and
-    (W2 k) k^T. Returns (a1, b1, a2, b2). The target vhat is v, or with `self_generated` M(v), computed in the same
-    products as M(k)."""
-    fn, grad = ACTIVATIONS[act]
-    C = keys.shape[-2]
-    x = torch.cat(torch.broadcast_tensors(keys, values), -2) if self_generated else keys
-    z = x @ W2.mT
-    h = fn(z)
-    w1h = h @ W1.mT
-    targets = values
-    if self_generated:  # split, not slices: a slice's backward writes into zeros of the full size
-        (z, _), (h, _), (w1h, w1v) = (t.split(C, -2) for t in (z, h, w1h))
-        targets = values + w1v
-    dh = grad(z)
-    err = keys + w1h - targets
-    b1 = (err + dgd * w1h) * step_scale_w1(h)
-    b2 = ((err @ W1) * dh + dgd * z) * step_scale_w2(dh, W1)
-    return h, b1, keys, b2
-
-
-def step_scale_w1(h):
-    """Normalised steps (as in normalised LMS): W1's update has curvature ~ ||h||^2 with h = act(W2 k), so its step
-    is scaled by 1 / (1 + ||h||^2); this keeps eta in (0, 1] stable whatever the size of h."""
-    return 1.0 / (1.0 + (h * h).sum(-1, keepdim=True))
-
-
-def step_scale_w2(dh, W1):
-    """W2's gradient part has curvature <= ||W1 diag(act'(z))||^2 <= sum_j act'(z_j)^2 ||W1[:, j]||^2 (k is unit)."""
-    return 1.0 / (1.0 + (dh * dh * (W1 * W1).sum(-2)[..., None, :]).sum(-1, keepdim=True))
+from .memory_chunk import (ACTIVATIONS, FastWeights, chunk_update_read, end_state, inner_update_factors, memory_read,
+                           row_flags, step_scale_w1, step_scale_w2, with_eval)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -193,50 +128,6 @@ def coefficients_for(eta, log_alpha, log_beta, active):
     return (slot_coefficients if one_slot else chunk_coefficients)(eta, log_alpha, log_beta, active)
 
 
-def _rows(flag, like):
-    """(B,) flag -> broadcastable against a (B, ...) state tensor."""
-    return flag.view(-1, *([1] * (like.dim() - 1)))
-
-
-def dual_read(state: FastWeights, queries, factors, coefficients, act):
-    """o_j = q_j + W1_j act(W2_j q_j) with W_j = A_j W_0 + c_j S_0 - sum_{i<=j} G_ji b_i a_i^T, never materialised:
-    (G * (Q A^T)) B terms are (C x C) products."""
-    a1, b1, a2, b2 = factors
-    A, c, G = (x[..., None] if i < 2 else x for i, x in enumerate(coefficients[:3]))
-    z = A * (queries @ state.W2.mT) + c * (queries @ state.S2.mT) - (G * (queries @ a2.mT)) @ b2
-    hq = ACTIVATIONS[act][0](z)
-    return queries + A * (hq @ state.W1.mT) + c * (hq @ state.S1.mT) - (G * (hq @ a1.mT)) @ b1
-
-
-def end_state(state: FastWeights, factors, coefficients, complete) -> FastWeights:
-    """The state after the chunk; rows whose chunk is `complete` evaluate their next chunk at the new weights."""
-    a1, b1, a2, b2 = factors
-    A, c, G, beta_end, s_end = coefficients
-    g = G[..., -1, :, None]
-    A_end, c_end = A[..., -1, None, None], c[..., -1, None, None]
-    if s_end is None:
-        W1 = A_end * state.W1 + c_end * state.S1 - (b1 * g).mT @ a1
-        W2 = A_end * state.W2 + c_end * state.S2 - (b2 * g).mT @ a2
-        S1, S2 = state.S1, state.S2
-    elif b1.shape[-2] == 1:  # one slot: W and S take the same term eta b a^T
-        u1, u2 = (b1 * g).mT @ a1, (b2 * g).mT @ a2
-        W1 = A_end * state.W1 + c_end * state.S1 - u1
-        W2 = A_end * state.W2 + c_end * state.S2 - u2
-        S1, S2 = beta_end * state.S1 - u1, beta_end * state.S2 - u2
-    else:  # W and S take the same rank-one terms with other weights: one product each for both
-        s = s_end[..., None]
-        u1w, u1s = (torch.cat([b1 * g, b1 * s], -1).mT @ a1).split(b1.shape[-1], -2)
-        u2w, u2s = (torch.cat([b2 * g, b2 * s], -1).mT @ a2).split(b2.shape[-1], -2)
-        W1 = A_end * state.W1 + c_end * state.S1 - u1w
-        W2 = A_end * state.W2 + c_end * state.S2 - u2w
-        S1 = beta_end * state.S1 - u1s
-        S2 = beta_end * state.S2 - u2s
-    if isinstance(complete, bool):  # the same for every row (see `_chunk_complete`)
-        return FastWeights(*((W1, W2) if complete else (state.W1_eval, state.W2_eval)), W1, W2, S1, S2)
-    done = _rows(complete, W1)
-    return FastWeights(torch.where(done, W1, state.W1_eval), torch.where(done, W2, state.W2_eval), W1, W2, S1, S2)
-
-
 def _chunk_complete(active, grid: SlotGrid):
     """`complete(i, active_i)` for the scans: which rows' chunk ends with piece i. When every slot holds a token
     (no padding, rows in step: training, single-sequence decoding) it is a Python bool, so `end_state` skips its
@@ -248,23 +139,26 @@ def _chunk_complete(active, grid: SlotGrid):
 
 def chunk_step(state: FastWeights, keys, values, eta, log_alpha, log_beta, active, complete, act, dgd, self_generated,
                queries=None):
-    """One chunk for a group of memories: rank-one inner updates at the chunk-start weights, the dual-form read
-    `o_j = q_j + W1_j act(W2_j q_j)` (W_j including tokens up to j) when `queries` is given, and the end state.
-    `complete` (B,) (or one bool for all rows) marks rows whose chunk ends here, so their next chunk is evaluated at
-    the new weights."""
-    factors = inner_update_factors(keys, values, state.W1_eval, state.W2_eval, act, dgd, self_generated)
+    """One chunk for a group of memories (B, G, ...): rank-one inner updates at the chunk-start weights, the
+    dual-form read `o_j = q_j + W1_j act(W2_j q_j)` (W_j including tokens up to j) when `queries` is given, and the
+    end state. `complete` (B,) (or one bool for all rows) marks rows whose chunk ends here, so their next chunk is
+    evaluated at the new weights."""
     coefficients = coefficients_for(eta, log_alpha, log_beta, active)
-    new = end_state(state, factors, coefficients, complete)
-    if queries is None:
-        return None, new
     if keys.shape[-2] == 1:  # one slot: its weights W_1 are the end state's, cheaper to read than the dual form
-        return memory_read(queries, new.W1, new.W2, act), new
-    return dual_read(state, queries, factors, coefficients, act), new
+        new = end_state(state, inner_update_factors(keys, values, state.W1_eval, state.W2_eval, act, dgd,
+                                                    self_generated), coefficients, complete)
+        return (None if queries is None else memory_read(queries, new.W1, new.W2, act)), new
+    B, G = state.W1.shape[:2]
+    flat = [None if t is None else t.flatten(0, 1) for t in (keys, values, queries, *coefficients)]
+    new, out = chunk_update_read(FastWeights(*(t.flatten(0, 1) for t in state)), *flat[:3], flat[3:], act, dgd,
+                                 self_generated, (1, G))
+    new = with_eval(state, *(t.unflatten(0, (B, G)) for t in new), complete)
+    return (None if out is None else out.unflatten(0, (B, G))), new
 
 
 def _restart_at_boundary(state: FastWeights, counts, chunk: int) -> FastWeights:
     """Rows whose count sits on a chunk boundary evaluate their next chunk at their current weights."""
-    start = _rows(counts % chunk == 0, state.W1)
+    start = row_flags(counts % chunk == 0, state.W1)
     return state._replace(W1_eval=torch.where(start, state.W1, state.W1_eval),
                           W2_eval=torch.where(start, state.W2, state.W2_eval))
 
@@ -435,14 +329,18 @@ def fused_chunk_step(state, u, q_c, active_c, complete, adaptive, produce, log_b
     keys, values, eta, log_alpha = produce(read_boxes(u, state.W1_eval[:, :n_adaptive],
                                                       state.W2_eval[:, :n_adaptive], adaptive, act))
     act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta * lr_scale, log_alpha)
-    factors = inner_update_factors(keys[:, None], values[:, None], state.W1_eval, state.W2_eval, act, dgd,
-                                   self_generated)
     coefficients = [t if t is None else t[:, None] for t in coefficients_for(eta_c, la_c, log_beta, act_f)]
-    new = end_state(state, factors, coefficients, complete)
     if q_c.shape[-2] == 1:  # one slot (see chunk_step)
+        factors = inner_update_factors(keys[:, None], values[:, None], state.W1_eval, state.W2_eval, act, dgd,
+                                       self_generated)
+        new = end_state(state, factors, coefficients, complete)
         return memory_read(q_c, new.W1[:, -1], new.W2[:, -1], act), new
-    mem = FastWeights(*(t[:, -1] for t in state))
-    return dual_read(mem, q_c, [f[:, -1] for f in factors], [t[:, 0] for t in coefficients[:3]], act), new
+    B, P, H = state.W1.shape[:3]
+    flat = [None if t is None else t.expand(B, P, *t.shape[2:]).flatten(0, 2)  # shared by the P memories
+            for t in (keys[:, None], values[:, None], *coefficients)]
+    new, out = chunk_update_read(FastWeights(*(t.flatten(0, 2) for t in state)), *flat[:2], q_c.flatten(0, 1),
+                                 flat[2:], act, dgd, self_generated, (P, H))
+    return out.unflatten(0, (B, H)), with_eval(state, *(t.unflatten(0, (B, P, H)) for t in new), complete)
 
 
 def _chunks(tensors, sizes):
@@ -469,7 +367,7 @@ def _inner_gradient(W1, W2, key, target, act, dgd):
         d2 = torch.zeros_like(W2, requires_grad=True)
         loss = 0.5 * (memory_read(key, W1 + d1, W2 + d2, act) - target).pow(2).sum()
         g1, g2 = torch.autograd.grad(loss, (d1, d2), create_graph=outer)
-    fn, grad = ACTIVATIONS[act]
+    fn, grad, _ = ACTIVATIONS[act]
     a1, dh = fn(key @ W2.mT), grad(key @ W2.mT)
     u1 = (g1 + dgd * (a1 @ W1.mT).mT @ a1) * step_scale_w1(a1)
     u2 = (g2 + dgd * (key @ W2.mT).mT @ key) * step_scale_w2(dh, W1)
