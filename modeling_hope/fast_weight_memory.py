@@ -22,8 +22,8 @@ from typing import NamedTuple
 import torch
 import torch.utils.checkpoint
 
-from .memory_chunk import (ACTIVATIONS, FastWeights, chunk_update_read, end_state, inner_update_factors, memory_read,
-                           row_flags, step_scale_w1, step_scale_w2, with_eval)
+from .memory_chunk import (ACTIVATIONS, FastWeights, MemoryRead, chunk_update_read, end_state, inner_update_factors,
+                           memory_read, row_flags, step_scale_w1, step_scale_w2, with_eval)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -303,7 +303,8 @@ def read_boxes(u, W1, W2, adaptive, act):
     B, _, H, n, d = u.shape
     which = [i for i, a in enumerate(adaptive) if a]
     selected = u if n_adaptive == len(adaptive) else u[:, which]
-    read = memory_read(selected.reshape(B, *W1.shape[1:-2], n, d), W1, W2, act).view(B, n_adaptive, H, n, d)
+    read = (MemoryRead.apply if torch.is_grad_enabled() else memory_read)(
+        selected.reshape(B, *W1.shape[1:-2], n, d), W1, W2, act).view(B, n_adaptive, H, n, d)
     if n_adaptive == len(adaptive):
         return read
     read = iter(read.unbind(1))
@@ -329,17 +330,16 @@ def fused_chunk_step(state, u, q_c, active_c, complete, adaptive, produce, log_b
     keys, values, eta, log_alpha = produce(read_boxes(u, state.W1_eval[:, :n_adaptive],
                                                       state.W2_eval[:, :n_adaptive], adaptive, act))
     act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta * lr_scale, log_alpha)
-    coefficients = [t if t is None else t[:, None] for t in coefficients_for(eta_c, la_c, log_beta, act_f)]
+    coefficients = coefficients_for(eta_c, la_c, log_beta, act_f)
     if q_c.shape[-2] == 1:  # one slot (see chunk_step)
         factors = inner_update_factors(keys[:, None], values[:, None], state.W1_eval, state.W2_eval, act, dgd,
                                        self_generated)
-        new = end_state(state, factors, coefficients, complete)
+        new = end_state(state, factors, [t if t is None else t[:, None] for t in coefficients], complete)
         return memory_read(q_c, new.W1[:, -1], new.W2[:, -1], act), new
     B, P, H = state.W1.shape[:3]
-    flat = [None if t is None else t.expand(B, P, *t.shape[2:]).flatten(0, 2)  # shared by the P memories
-            for t in (keys[:, None], values[:, None], *coefficients)]
-    new, out = chunk_update_read(FastWeights(*(t.flatten(0, 2) for t in state)), *flat[:2], q_c.flatten(0, 1),
-                                 flat[2:], act, dgd, self_generated, (P, H))
+    shared = [None if t is None else t.flatten(0, 1) for t in (keys, values, q_c, *coefficients)]  # (B H, ...)
+    new, out = chunk_update_read(FastWeights(*(t.flatten(0, 2) for t in state)), *shared[:3], shared[3:], act, dgd,
+                                 self_generated, (P, H))
     return out.unflatten(0, (B, H)), with_eval(state, *(t.unflatten(0, (B, P, H)) for t in new), complete)
 
 

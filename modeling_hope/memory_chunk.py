@@ -69,6 +69,31 @@ def memory_read(u, W1, W2, act: str):
     return u + ACTIVATIONS[act][0](u @ W2.mT) @ W1.mT
 
 
+class MemoryRead(torch.autograd.Function):
+    """`memory_read` whose backward keeps only u, W1, W2 (not act's input and output) and recomputes z = W2 u:
+    for the adaptive projections, whose reads are saved for every chunk. Leading dims of u and W must match."""
+
+    @staticmethod
+    def forward(ctx, u, W1, W2, act):
+        ctx.save_for_backward(u, W1, W2)
+        ctx.act = act
+        return memory_read(u, W1, W2, act)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out):
+        saved = ctx.saved_tensors  # unpacked once (checkpointing allows no second unpack)
+        u, W1, W2 = (t.reshape(-1, *t.shape[-2:]) for t in saved)
+        fn, grad, _ = ACTIVATIONS[ctx.act]
+        g = g_out.reshape(u.shape)
+        z = torch.bmm(u, W2.mT)
+        g_W1 = torch.bmm(g.mT, fn(z))
+        g_z = torch.bmm(g, W1) * grad(z)
+        g_u = g + torch.bmm(g_z, W2)
+        g_W2 = torch.bmm(g_z.mT, u)
+        return g_u.view(g_out.shape), g_W1.view(saved[1].shape), g_W2.view(saved[2].shape), None
+
+
 class FactorTerms(NamedTuple):
     """`inner_update_factors` with its intermediates (the backward needs them). X = [k; v] (with self-generated
     targets) or k; Z = X W2^T, Hh = act(Z), Y = Hh W1^T; the first C rows are the keys'."""
@@ -192,10 +217,11 @@ def end_state(state: FastWeights, factors, coefficients, complete) -> FastWeight
 def chunk_update_read(state: FastWeights, keys, values, queries, coefficients, act: str, dgd: float,
                       self_generated: bool, read_groups: tuple):
     """Updates and read of one chunk (C > 1 slots) through `ChunkUpdateRead`: the same values as
-    `inner_update_factors` -> `updated_weights` -> `dual_read`. All tensors have the state's leading dims
-    (N, ...), queries (N / P, C, d).
-    Returns (W1, W2, S1, S2) after the chunk and the read outputs (None without queries). `read_groups`: (memories
-    per row P, heads H); the rows are (batch, memory, head) flattened, the reading memory last."""
+    `inner_update_factors` -> `updated_weights` -> `dual_read`. The state has leading dims N = (batch, memory,
+    head) flattened, with P memories per row (the reading one last) and H heads: `read_groups` = (P, H). Keys,
+    values, queries and coefficients are per (batch, head), N / P rows, shared by a row's P memories (they are
+    expanded inside, not saved expanded). Returns (W1, W2, S1, S2) after the chunk and the read outputs (None
+    without queries)."""
     A, c, G, beta_end, s_end = coefficients
     momentum = s_end is not None
     if not momentum:
@@ -219,6 +245,20 @@ def _add_last(total, part, read_groups: tuple):
     total.unflatten(0, (-1, P, H))[:, -1].add_(part.unflatten(0, (-1, H)))
 
 
+def _expand_memories(t, read_groups: tuple):
+    """A per-(batch, head) tensor (N / P, ...) repeated for the P memories: (N, ...)."""
+    P, H = read_groups
+    if P == 1:
+        return t
+    return t.unflatten(0, (-1, 1, H)).expand(-1, P, H, *t.shape[1:]).flatten(0, 2)
+
+
+def _sum_memories(t, read_groups: tuple):
+    """Gradient of `_expand_memories`: (N, ...) summed over the P memories."""
+    P, H = read_groups
+    return t if P == 1 else t.unflatten(0, (-1, P, H)).sum(1).flatten(0, 1)
+
+
 def _read_terms(W1, W2, S1, S2, a1, b1, a2, b2, q, A, c, G, fn):
     """Recomputed intermediates of the read: q W2^T, q S2^T, q a2^T, z, act(z), act(z) W1^T, act(z) S1^T,
     act(z) a1^T."""
@@ -235,17 +275,19 @@ class ChunkUpdateRead(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q, act, dgd, self_generated,
                 momentum, read_groups):
+        ctx.save_for_backward(W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q)
         coefficients = (A, c, G, beta_end if momentum else None, s_end if momentum else None)
         state = FastWeights(W1e, W2e, W1, W2, S1, S2)
-        factors = inner_update_factors(k, v, W1e, W2e, act, dgd, self_generated)
-        new = updated_weights(state, factors, coefficients)
+        k_all, v_all = _expand_memories(k, read_groups), _expand_memories(v, read_groups)
+        factors = inner_update_factors(k_all, v_all, W1e, W2e, act, dgd, self_generated)
+        new = updated_weights(state, factors, [t if t is None else _expand_memories(t, read_groups)
+                                               for t in coefficients])
         if q.numel():
             last = FastWeights(*(_last_memory(t, read_groups) for t in state))
-            out = dual_read(last, q, [_last_memory(f, read_groups) for f in factors],
-                            [_last_memory(t, read_groups) for t in (A, c, G)], act)
+            a1, b1, _, b2 = (_last_memory(f, read_groups) for f in factors)
+            out = dual_read(last, q, (a1, b1, k, b2), (A, c, G), act)
         else:
             out = q
-        ctx.save_for_backward(W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q)
         ctx.options = act, dgd, self_generated, momentum, read_groups
         if not momentum:  # S is passed through: an output must not be one of the inputs
             new = (*new[:2], S1.clone(), S2.clone())
@@ -254,8 +296,11 @@ class ChunkUpdateRead(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gW1n, gW2n, gS1n, gS2n, gout):
-        W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q = ctx.saved_tensors
+        W1e, W2e, W1, W2, S1, S2, k_read, v, A_read, c_read, G_read, beta_end, s_end, q = ctx.saved_tensors
         act, dgd, self_generated, momentum, read_groups = ctx.options
+        k, v, A, c, G = (_expand_memories(t, read_groups) for t in (k_read, v, A_read, c_read, G_read))
+        if momentum:
+            beta_end, s_end = _expand_memories(beta_end, read_groups), _expand_memories(s_end, read_groups)
         fn, grad, grad2 = ACTIVATIONS[act]
         C = k.shape[-2]
         gW1n, gW2n, gS1n, gS2n = (torch.zeros_like(t) if g is None else g
@@ -321,7 +366,8 @@ class ChunkUpdateRead(torch.autograd.Function):
 
         # Factors: b1 = (err + dgd y) s1, b2 = (e1 * dh + dgd z) s2 with e1 = err W1e, a1 = h, a2 = k.
         gW1e, gW2e, gk, gv = _factor_backward(t, k, W1e, W2e, ga1, gb1, ga2, gb2, dgd, self_generated, grad2)
-        return (gW1e, gW2e, gW1, gW2, gS1, gS2, gk, gv, gA, gc, gG, g_beta, g_s, gq, None, None, None, None, None)
+        shared = [None if t is None else _sum_memories(t, read_groups) for t in (gk, gv, gA, gc, gG, g_beta, g_s)]
+        return (gW1e, gW2e, gW1, gW2, gS1, gS2, *shared, gq, None, None, None, None, None)
 
 
 def _dot(x, y):

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from modeling_hope.fast_weight_memory import chunk_coefficients
-from modeling_hope.memory_chunk import (ACTIVATIONS, FastWeights, chunk_update_read, dual_read,
-                                        inner_update_factors, updated_weights)
+from modeling_hope.memory_chunk import (ACTIVATIONS, FastWeights, MemoryRead, chunk_update_read, dual_read,
+                                        inner_update_factors, memory_read, updated_weights)
 
 B, P, H, C, d, R = 2, 3, 2, 5, 4, 6
 
@@ -44,14 +44,17 @@ def _inputs(gen, momentum, masked):
     return leaves, active.double()
 
 
-def _expanded(leaves, active, momentum):
-    """The flat (B P H, ...) tensors the scans pass: keys, values and coefficients shared by the P memories."""
+def _flat(leaves, active, momentum):
+    """The state (B P H, ...) and the per-(batch, head) tensors (B H, ...) that the fused scan passes: keys, values,
+    queries and coefficients, shared by the P memories."""
     W1e, W2e, W1, W2, S1, S2, k, v, q, eta, log_alpha, *rest = leaves
     coefficients = chunk_coefficients(eta, log_alpha, rest[0] if momentum else None, active)
-    flat = lambda t: t.unsqueeze(1).expand(B, P, *t.shape[1:]).flatten(0, 2)  # noqa: E731
-    coefficients = tuple(None if t is None else flat(t) for t in coefficients)
-    k, v = (t.expand(B, P, H, C, d).flatten(0, 2) for t in (k, v))
-    return FastWeights(W1e, W2e, W1, W2, S1, S2), k, v, q.flatten(0, 1), coefficients
+    shared = [None if t is None else t.flatten(0, 1) for t in (k[:, 0], v[:, 0], q, *coefficients)]
+    return FastWeights(W1e, W2e, W1, W2, S1, S2), *shared[:3], shared[3:]
+
+
+def _expand(t):
+    return t if t is None else t.unflatten(0, (B, 1, H)).expand(B, P, H, *t.shape[1:]).flatten(0, 2)
 
 
 @pytest.mark.parametrize("act", sorted(ACTIVATIONS))
@@ -63,12 +66,13 @@ def test_chunk_function_matches_autograd(act, dgd, self_generated, momentum, rea
     leaves, active = _inputs(gen, momentum, masked)
     results = []
     for fast in (True, False):
-        state, k, v, q, coefficients = _expanded(leaves, active, momentum)
+        state, k, v, q, coefficients = _flat(leaves, active, momentum)
         q = q if read else None
         if fast:
             new, out = chunk_update_read(state, k, v, q, coefficients, act, dgd, self_generated, (P, H))
-        else:
-            new, out = _reference(state, k, v, q, coefficients, act, dgd, self_generated, (P, H))
+        else:  # keys, values and coefficients repeated for the P memories
+            new, out = _reference(state, _expand(k), _expand(v), q, [_expand(t) for t in coefficients], act, dgd,
+                                  self_generated, (P, H))
         weights = torch.Generator().manual_seed(7)
         outputs = [*new] + ([out] if read else [])
         loss = sum((t * torch.randn(t.shape, generator=weights, dtype=t.dtype)).sum() for t in outputs)
@@ -88,9 +92,29 @@ def test_chunk_function_keeps_only_its_inputs():
     from, keys, values, queries and coefficients."""
     gen = torch.Generator().manual_seed(0)
     leaves, active = _inputs(gen, True, False)
-    state, k, v, q, coefficients = _expanded(leaves, active, True)
+    state, k, v, q, coefficients = _flat(leaves, active, True)
     new, out = chunk_update_read(state, k, v, q, coefficients, "silu", 1.0, True, (P, H))
     node = out.grad_fn
     assert type(node).__name__ == "ChunkUpdateReadBackward"
     inputs = {t.data_ptr() for t in (*state, k, v, q, *coefficients)}
     assert {t.data_ptr() for t in node.saved_tensors} <= inputs
+
+
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+def test_memory_read_function_matches_autograd(act):
+    """MemoryRead (recomputing act's input in backward) against autograd through memory_read, on weights that are a
+    non-contiguous slice of a larger state, as the adaptive projections read them."""
+    gen = torch.Generator().manual_seed(3)
+    u = torch.randn(2, 3, H, C, d, generator=gen, dtype=torch.double, requires_grad=True)
+    W1 = (torch.randn(2, 4, H, d, R, generator=gen, dtype=torch.double) * 0.5).requires_grad_()
+    W2 = (torch.randn(2, 4, H, R, d, generator=gen, dtype=torch.double) * 0.5).requires_grad_()
+    weights = torch.randn(u.shape, generator=gen, dtype=torch.double)
+    results = []
+    for read in (MemoryRead.apply, memory_read):
+        out = read(u, W1[:, :3], W2[:, :3], act)
+        results.append((out, torch.autograd.grad((out * weights).sum(), (u, W1, W2))))
+    (o1, g1), (o2, g2) = results
+    torch.testing.assert_close(o1, o2, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert not g1[1][:, 3].any()  # the slice's last memory is not read
