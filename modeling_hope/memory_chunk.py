@@ -38,6 +38,13 @@ def _silu_grad(z):
     return s * (1 + z * (1 - s))
 
 
+def _silu_value_and_grad(z):
+    """(silu(z), silu'(z)) from one sigmoid: silu' = s + silu (1 - s)."""
+    s = torch.sigmoid(z)
+    f = z * s
+    return f, s + f * (1 - s)
+
+
 def _silu_grad2(z):
     s = torch.sigmoid(z)
     return s * (1 - s) * (2 + z * (1 - 2 * s))
@@ -55,8 +62,14 @@ def _gelu_grad2(z):
     return _normal_pdf(z) * (2 - z * z)
 
 
-# activation, its derivative (in the inner gradient), its second derivative (in that gradient's backward)
-ACTIVATIONS = {"silu": (F.silu, _silu_grad, _silu_grad2), "gelu": (F.gelu, _gelu_grad, _gelu_grad2)}
+def _gelu_value_and_grad(z):
+    return F.gelu(z), _gelu_grad(z)
+
+
+# activation, its derivative (in the inner gradient), its second derivative (in that gradient's backward), and
+# (value, derivative) together
+ACTIVATIONS = {"silu": (F.silu, _silu_grad, _silu_grad2, _silu_value_and_grad),
+               "gelu": (F.gelu, _gelu_grad, _gelu_grad2, _gelu_value_and_grad)}
 
 
 def memory_read(u, W1, W2, act: str):
@@ -84,11 +97,10 @@ class MemoryRead(torch.autograd.Function):
     def backward(ctx, g_out):
         saved = ctx.saved_tensors  # unpacked once (checkpointing allows no second unpack)
         u, W1, W2 = (t.reshape(-1, *t.shape[-2:]) for t in saved)
-        fn, grad, _ = ACTIVATIONS[ctx.act]
         g = g_out.reshape(u.shape)
-        z = torch.bmm(u, W2.mT)
-        g_W1 = torch.bmm(g.mT, fn(z))
-        g_z = torch.bmm(g, W1) * grad(z)
+        h, dh = ACTIVATIONS[ctx.act][3](torch.bmm(u, W2.mT))
+        g_W1 = torch.bmm(g.mT, h)
+        g_z = torch.bmm(g, W1) * dh
         g_u = g + torch.bmm(g_z, W2)
         g_W2 = torch.bmm(g_z.mT, u)
         return g_u.view(g_out.shape), g_W1.view(saved[1].shape), g_W2.view(saved[2].shape), None
@@ -113,13 +125,11 @@ class FactorTerms(NamedTuple):
 
 
 def factor_terms(keys, values, W1, W2, act: str, dgd: float, self_generated: bool) -> FactorTerms:
-    fn, grad, _ = ACTIVATIONS[act]
     C = keys.shape[-2]
     X = torch.cat(torch.broadcast_tensors(keys, values), -2) if self_generated else keys
     Z = X @ W2.mT
-    Hh = fn(Z)
+    Hh, dZ = ACTIVATIONS[act][3](Z)
     Y = Hh @ W1.mT
-    dZ = grad(Z)
     if self_generated:  # split, not slices: a slice's backward writes into zeros of the full size
         (z, _), (h, _), (y, yv), (dh, _) = (t.split(C, -2) for t in (Z, Hh, Y, dZ))
         err = keys + y - (values + yv)
@@ -301,7 +311,7 @@ class ChunkUpdateRead(torch.autograd.Function):
         k, v, A, c, G = (_expand_memories(t, read_groups) for t in (k_read, v, A_read, c_read, G_read))
         if momentum:
             beta_end, s_end = _expand_memories(beta_end, read_groups), _expand_memories(s_end, read_groups)
-        fn, grad, grad2 = ACTIVATIONS[act]
+        fn, grad, grad2, _ = ACTIVATIONS[act]
         C = k.shape[-2]
         gW1n, gW2n, gS1n, gS2n = (torch.zeros_like(t) if g is None else g
                                   for g, t in zip((gW1n, gW2n, gS1n, gS2n), (W1, W2, S1, S2)))
