@@ -158,7 +158,13 @@ def chunk_step(state: FastWeights, keys, values, eta, log_alpha, log_beta, activ
 
 def _restart_at_boundary(state: FastWeights, counts, chunk: int) -> FastWeights:
     """Rows whose count sits on a chunk boundary evaluate their next chunk at their current weights."""
-    start = row_flags(counts % chunk == 0, state.W1)
+    start = counts % chunk == 0
+    starting = int(start.sum())  # all or no rows (training, one sequence decoding): no selects over the state
+    if starting == start.numel():
+        return state._replace(W1_eval=state.W1, W2_eval=state.W2)
+    if starting == 0:
+        return state
+    start = row_flags(start, state.W1)
     return state._replace(W1_eval=torch.where(start, state.W1, state.W1_eval),
                           W2_eval=torch.where(start, state.W2, state.W2_eval))
 

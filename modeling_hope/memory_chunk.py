@@ -193,11 +193,12 @@ def updated_weights(state: FastWeights, factors, coefficients):
         W1 = A_end * state.W1 + c_end * state.S1 - (b1 * g).mT @ a1
         W2 = A_end * state.W2 + c_end * state.S2 - (b2 * g).mT @ a2
         return W1, W2, state.S1, state.S2
-    if b1.shape[-2] == 1:  # one slot: W and S take the same term eta b a^T
-        u1, u2 = (b1 * g).mT @ a1, (b2 * g).mT @ a2
-        W1 = A_end * state.W1 + c_end * state.S1 - u1
-        W2 = A_end * state.W2 + c_end * state.S2 - u2
-        return W1, W2, beta_end * state.S1 - u1, beta_end * state.S2 - u2
+    if b1.shape[-2] == 1:  # one slot (a decoded token): W and S take the same term -eta b a^T
+        minus_u1, minus_u2 = (b1 * -g).mT @ a1, (b2 * -g).mT @ a2
+        # addcmul: one pass over the state per term, where a multiply and an add take two
+        W1 = torch.addcmul(torch.addcmul(minus_u1, c_end, state.S1), A_end, state.W1)
+        W2 = torch.addcmul(torch.addcmul(minus_u2, c_end, state.S2), A_end, state.W2)
+        return W1, W2, torch.addcmul(minus_u1, beta_end, state.S1), torch.addcmul(minus_u2, beta_end, state.S2)
     # W and S take the same rank-one terms with other weights: one product each for both
     s = s_end[..., None]
     u1w, u1s = (torch.cat([b1 * g, b1 * s], -1).mT @ a1).split(b1.shape[-1], -2)
