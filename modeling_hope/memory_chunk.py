@@ -167,20 +167,23 @@ def row_flags(flag, like):
     return flag.view(-1, *([1] * (like.dim() - 1)))
 
 
-def read_hidden(state: FastWeights, queries, factors, coefficients):
-    """z_j = W2_j q_j of the dual-form read (see `dual_read`)."""
-    _, _, a2, b2 = factors
+def read_terms(W1, W2, S1, S2, factors, queries, coefficients, act: str):
+    """The products of the dual-form read (see `dual_read`), which its backward reuses: q W2^T, q S2^T, q a2^T,
+    z = W2_j q_j, act(z), act(z) W1^T, act(z) S1^T, act(z) a1^T."""
+    a1, _, a2, b2 = factors
     A, c, G = coefficients[0][..., None], coefficients[1][..., None], coefficients[2]
-    return A * (queries @ state.W2.mT) + c * (queries @ state.S2.mT) - (G * (queries @ a2.mT)) @ b2
+    qW2, qS2, qa2 = queries @ W2.mT, queries @ S2.mT, queries @ a2.mT
+    z = A * qW2 + c * qS2 - (G * qa2) @ b2
+    h = ACTIVATIONS[act][0](z)
+    return qW2, qS2, qa2, z, h, h @ W1.mT, h @ S1.mT, h @ a1.mT
 
 
 def dual_read(state: FastWeights, queries, factors, coefficients, act):
     """o_j = q_j + W1_j act(W2_j q_j) with W_j = A_j W_0 + c_j S_0 - sum_{i<=j} G_ji b_i a_i^T, never materialised:
     (G * (Q A^T)) B terms are (C x C) products."""
-    a1, b1, _, _ = factors
+    *_, hW1, hS1, ha1 = read_terms(state.W1, state.W2, state.S1, state.S2, factors, queries, coefficients, act)
     A, c, G = coefficients[0][..., None], coefficients[1][..., None], coefficients[2]
-    hq = ACTIVATIONS[act][0](read_hidden(state, queries, factors, coefficients))
-    return queries + A * (hq @ state.W1.mT) + c * (hq @ state.S1.mT) - (G * (hq @ a1.mT)) @ b1
+    return queries + A * hW1 + c * hS1 - (G * ha1) @ factors[1]
 
 
 def updated_weights(state: FastWeights, factors, coefficients):
@@ -270,15 +273,6 @@ def _sum_memories(t, read_groups: tuple):
     return t if P == 1 else t.unflatten(0, (-1, P, H)).sum(1).flatten(0, 1)
 
 
-def _read_terms(W1, W2, S1, S2, a1, b1, a2, b2, q, A, c, G, fn):
-    """Recomputed intermediates of the read: q W2^T, q S2^T, q a2^T, z, act(z), act(z) W1^T, act(z) S1^T,
-    act(z) a1^T."""
-    qW2, qS2, qa2 = q @ W2.mT, q @ S2.mT, q @ a2.mT
-    z = A[..., None] * qW2 + c[..., None] * qS2 - (G * qa2) @ b2
-    h = fn(z)
-    return qW2, qS2, qa2, z, h, h @ W1.mT, h @ S1.mT, h @ a1.mT
-
-
 class ChunkUpdateRead(torch.autograd.Function):
     """Forward: `updated_weights` and `dual_read` of one chunk. Backward by hand (derivation in the comments),
     from the saved inputs only."""
@@ -312,7 +306,7 @@ class ChunkUpdateRead(torch.autograd.Function):
         k, v, A, c, G = (_expand_memories(t, read_groups) for t in (k_read, v, A_read, c_read, G_read))
         if momentum:
             beta_end, s_end = _expand_memories(beta_end, read_groups), _expand_memories(s_end, read_groups)
-        fn, grad, grad2, _ = ACTIVATIONS[act]
+        _, grad, grad2, _ = ACTIVATIONS[act]
         C = k.shape[-2]
         gW1n, gW2n, gS1n, gS2n = (torch.zeros_like(t) if g is None else g
                                   for g, t in zip((gW1n, gW2n, gS1n, gS2n), (W1, W2, S1, S2)))
@@ -353,8 +347,8 @@ class ChunkUpdateRead(torch.autograd.Function):
         if q.numel():
             Wr1, Wr2, Sr1, Sr2, ar1, br1, ar2, br2, Ar, cr, Gr = (
                 _last_memory(x, read_groups) for x in (W1, W2, S1, S2, a1, b1, a2, b2, A, c, G))
-            qW2, qS2, qa2, z, h, hW1, hS1, ha1 = _read_terms(Wr1, Wr2, Sr1, Sr2, ar1, br1, ar2, br2, q, Ar, cr, Gr,
-                                                              fn)
+            qW2, qS2, qa2, z, h, hW1, hS1, ha1 = read_terms(Wr1, Wr2, Sr1, Sr2, (ar1, br1, ar2, br2), q, (Ar, cr, Gr),
+                                                             act)
             go = gout
             Ae, ce = Ar[..., None], cr[..., None]
             gAr, gcr = (go * hW1).sum(-1), (go * hS1).sum(-1)
