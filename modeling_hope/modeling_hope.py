@@ -17,6 +17,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .cache_hope import HopeCache
 from .configuration_hope import HopeConfig
+from .lm_head import HeadLogits, causal_lm_loss
 from .continuum_memory import WEIGHT_NAMES, SwiGLU, swiglu_per_row, teach_gradients
 from .fast_weight_memory import MEMORY_SCANS, PROJECTION_SCANS, FastWeights, chunked_fused_scan
 
@@ -405,8 +406,10 @@ class HopeModel(HopePreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, cache=None, use_cache=None,
                 teach_signal=None, past_key_values=None, **kwargs):
-        """Runs the layers over the new tokens. `teach_signal(h, targets)` returns the loss gradient at the
-        residual stream for the in-context CMS levels (HopeForCausalLM supplies it)."""
+        """Runs the layers over the new tokens. `teach_signal(h, targets, whole_round=False)` returns the loss
+        gradient at the residual stream for the in-context CMS levels (HopeForCausalLM supplies it; h is the
+        rounds' output, still in the autograd graph). `whole_round` says that h is the whole next slice of the
+        positions, in order, so the caller may keep what it computed on it (the LM head's logits)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds")
         if cache is None:
@@ -472,8 +475,7 @@ class HopeModel(HopePreTrainedModel):
             h, records = self._layers(x_r, rmask, cache)
             targets = torch.where(j[None] + 1 < take[:, None], ids_r.roll(-1, 1), -100)
             if bool((targets != -100).any()):
-                with torch.no_grad():
-                    delta = teach_signal(h.detach(), targets)
+                delta = teach_signal(h, targets, whole_round=in_step)
             else:  # e.g. one decoded token: its target comes with the next call (pending)
                 delta = None
             self._learn(cache, records, delta, take, h.detach())
@@ -551,31 +553,84 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         self.post_init()
 
     @torch.no_grad()
-    def _teach_signal(self, h, targets):
-        """delta_t = d CE(lm_head(norm(h_t)), target_t) / d h_t for each position (zero where target is -100), in
-        closed form (no autograd graph: it runs once per round, and once per decoded token):
-        dy = (softmax(logits) - onehot(target)) W_lm, and through y = w * h * r with r = 1/rms(h),
-        delta = r (w dy) - h r^3 mean(h * w dy)."""
-        norm, dtype = self.model.norm, torch.promote_types(h.dtype, torch.float32)
-        hf = h.detach().to(dtype)
+    def _head_and_teach_signal(self, h, targets, keep: bool = False):
+        """logits = lm_head(norm(h)) and the teach signal delta_t = d CE(logits_t, target_t) / d h_t at each position
+        (zero where target is -100), in closed form (no autograd graph: it runs once per round, and once per decoded
+        token): dy = (softmax(logits) - onehot(target)) W_lm, and through y = w * h * r with r = 1/rms(h),
+        delta = r (w dy) - h r^3 mean(h * w dy). With `keep`, also norm(h) in the autograd graph (when grad is on) and
+        the logits' log-sum-exp (float32), for `HeadLogits` and the loss. Returns (y or None, logits, lse or None,
+        delta)."""
+        norm = self.model.norm
+        y = None
+        if keep:
+            with torch.enable_grad() if h.requires_grad else torch.no_grad():
+                y = norm(h)
+        logits = self.lm_head(norm(h) if y is None else y.detach())
+        dtype = torch.promote_types(h.dtype, torch.float32)
+        hf, lf = h.detach().to(dtype), logits.to(dtype)
         r = torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-        logits = self.lm_head(norm(h.detach())).to(dtype)
-        dlogits = torch.softmax(logits, -1)
+        dlogits = torch.softmax(lf, -1)
+        # softmax's largest value is exp(max - lse): two cheap reductions instead of a logsumexp pass
+        lse = lf.amax(-1) - dlogits.amax(-1).log() if keep else None
         dlogits.scatter_add_(-1, targets.clamp(min=0)[..., None], -torch.ones_like(dlogits[..., :1]))
-        dlogits = dlogits * (targets != -100)[..., None]
+        unused = targets == -100
+        if bool(unused.any()):  # a few rows (each round's last position): no pass over all the logits
+            dlogits[unused] = 0
         g = (dlogits.to(self.lm_head.weight.dtype) @ self.lm_head.weight).to(dtype) * norm.weight.to(dtype)
-        return (r * g - hf * r.pow(3) * (hf * g).mean(-1, keepdim=True)).to(h.dtype)
+        return y, logits, lse, (r * g - hf * r.pow(3) * (hf * g).mean(-1, keepdim=True)).to(h.dtype)
+
+    def _teach_signal(self, h, targets):
+        """The teach signal alone (see `_head_and_teach_signal`)."""
+        return self._head_and_teach_signal(h, targets)[3]
+
+    @property
+    def loss_function(self):
+        """`causal_lm_loss` (the value of transformers' ForCausalLMLoss, without its log-softmax copy of the
+        logits) unless one was set."""
+        return getattr(self, "_loss_function", None) or causal_lm_loss
+
+    @loss_function.setter
+    def loss_function(self, value):
+        self._loss_function = value
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, cache=None, labels=None,
                 use_cache=None, logits_to_keep=0, past_key_values=None, **kwargs):
+        # With in-context levels, every round already applies the LM head to its positions for the teach signal;
+        # when all logits are wanted, the rounds write theirs into one tensor (and keep their norm outputs and
+        # log-sum-exp for the backward and the loss) instead of a second head over the whole sequence.
+        rounds = None
+        if self.config.in_context_levels and isinstance(logits_to_keep, int) and logits_to_keep == 0:
+            rounds = {"y": [], "lse": [], "filled": 0, "logits": None}
+
+        def teach_signal(h, targets, whole_round=False):
+            y, logits, lse, delta = self._head_and_teach_signal(h, targets, rounds is not None and whole_round)
+            if y is not None:
+                if rounds["logits"] is None:
+                    length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+                    rounds["logits"] = logits.new_empty(logits.shape[0], length, logits.shape[2])
+                start, rounds["filled"] = rounds["filled"], rounds["filled"] + logits.shape[1]
+                rounds["logits"][:, start:rounds["filled"]] = logits
+                rounds["y"].append(y)
+                rounds["lse"].append(lse)
+            return delta
+
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                              cache=cache if cache is not None else past_key_values, use_cache=use_cache,
-                             teach_signal=self._teach_signal if self.config.in_context_levels else None)
+                             teach_signal=teach_signal if self.config.in_context_levels else None)
         hidden = outputs.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden[:, keep])
+        lse = None
+        if rounds is not None and rounds["filled"] == hidden.shape[1] > 0:
+            y, lse = (parts[0] if len(parts) == 1 else torch.cat(parts, 1) for parts in (rounds["y"], rounds["lse"]))
+            logits = rounds["logits"]
+            if torch.is_grad_enabled():
+                logits = HeadLogits.apply(y, self.lm_head.weight, logits)
+        else:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(hidden[:, keep])
         loss = None
         if labels is not None:
+            if self.loss_function is causal_lm_loss:
+                kwargs["lse"] = lse
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
 
