@@ -322,15 +322,16 @@ class ChunkUpdateRead(torch.autograd.Function):
         gc[:, -1] = _dot(gW1n, S1) + _dot(gW2n, S2)
         g = G[:, -1, :, None]  # (N, C, 1)
         if momentum:
-            gS1, gS2 = gS1 + beta_end * gS1n, gS2 + beta_end * gS2n
+            gS1, gS2 = torch.addcmul(gS1, beta_end, gS1n), torch.addcmul(gS2, beta_end, gS2n)
             g_beta = (_dot(gS1n, S1) + _dot(gS2n, S2))[:, None, None]
-            s = s_end[..., None]
+            neg_g, neg_s = -g, -s_end[..., None]
             # one product for W's and S's terms: a (gW'; gS')^T, and (g b, s b) (gW'; gS')
-            p1w, p1s = (a1 @ torch.cat([gW1n, gS1n], -2).mT).split(b1.shape[-1], -1)  # (N, C, d) each
-            p2w, p2s = (a2 @ torch.cat([gW2n, gS2n], -2).mT).split(b2.shape[-1], -1)  # (N, C, R) each
-            gb1, gb2 = -(g * p1w + s * p1s), -(g * p2w + s * p2s)
-            ga1 = -(torch.cat([g * b1, s * b1], -1) @ torch.cat([gW1n, gS1n], -2))
-            ga2 = -(torch.cat([g * b2, s * b2], -1) @ torch.cat([gW2n, gS2n], -2))
+            gWS1, gWS2 = torch.cat([gW1n, gS1n], -2), torch.cat([gW2n, gS2n], -2)
+            p1w, p1s = (a1 @ gWS1.mT).split(b1.shape[-1], -1)  # (N, C, d) each
+            p2w, p2s = (a2 @ gWS2.mT).split(b2.shape[-1], -1)  # (N, C, R) each
+            gb1, gb2 = torch.addcmul(neg_g * p1w, neg_s, p1s), torch.addcmul(neg_g * p2w, neg_s, p2s)
+            ga1 = torch.cat([b1 * neg_g, b1 * neg_s], -1) @ gWS1
+            ga2 = torch.cat([b2 * neg_g, b2 * neg_s], -1) @ gWS2
             gG[:, -1] = -((b1 * p1w).sum(-1) + (b2 * p2w).sum(-1))
             g_s = -((b1 * p1s).sum(-1) + (b2 * p2s).sum(-1))
         else:
@@ -396,19 +397,16 @@ def _factor_backward(t: FactorTerms, k, W1e, W2e, ga1, gb1, ga2, gb2, dgd, self_
     g_den = -g_s2 * t.s2 * t.s2  # gradient at the denominator 1 + sum_j dh_j^2 n_j
     g_dh = gb2s * t.e1 + 2 * g_den * dh * t.col_norms[:, None, :]
     g_z = dgd * gb2s + g_dh * grad2(z)
-    gW1e = 2 * W1e * (g_den * dh * dh).sum(-2)[:, None, :] + t.err.mT @ g_e1
-    g_err = g_err + g_e1 @ W1e.mT
+    gW1e = torch.baddbmm(2 * W1e * (g_den * dh * dh).sum(-2)[:, None, :], t.err.mT, g_e1)
+    g_err = torch.baddbmm(g_err, g_e1, W1e.mT)
     # err = k + y - v - yv (yv = the values' rows of Y with self-generated targets)
     g_y = g_y + g_err
     g_Y = torch.cat([g_y, -g_err], -2) if self_generated else g_y
     # Y = Hh W1e^T, Hh = act(Z), Z = X W2e^T, X = [k; v] or k
     g_Hh = g_Y @ W1e
-    gW1e = gW1e + g_Y.mT @ t.Hh
-    g_Z = g_Hh * t.dZ
-    if self_generated:
-        g_Z = torch.cat([g_Z[:, key_rows] + g_h * dh + g_z, g_Z[:, C:]], -2)
-    else:
-        g_Z = g_Z + g_h * dh + g_z
+    gW1e = torch.baddbmm(gW1e, g_Y.mT, t.Hh)
+    g_Z = g_Hh.mul_(t.dZ)  # g_Hh is not used again
+    g_Z[:, key_rows].addcmul_(g_h, dh).add_(g_z)
     gW2e = g_Z.mT @ t.X
     g_X = g_Z @ W2e
     gk = ga2 + g_err + g_X[:, key_rows]

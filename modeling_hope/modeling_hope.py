@@ -144,13 +144,15 @@ class HopeMemoryMixer(nn.Module):
 
     def _produce(self, outs):
         """Outputs of the k, v, eta, alpha boxes (B, 4, H, T, d) -> keys, values, eta, log_alpha."""
-        keys, values = l2norm(outs[:, 0]), outs[:, 1]
+        # unbind, not four selects: a select's backward writes into zeros of the whole (B, 4, H, T, d)
+        k_box, v_box, eta_box, alpha_box = outs.unbind(1)
+        keys, values = l2norm(k_box), v_box
         if self.config.value_norm:
             values = l2norm(values)
-        eta_logit = (outs[:, 2] * self.eta_weight[:, None]).sum(-1) + self.eta_bias[:, None]
+        eta_logit = (eta_box * self.eta_weight[:, None]).sum(-1) + self.eta_bias[:, None]
         eta = self.config.eta_max * torch.sigmoid(eta_logit)
         if self.config.use_weight_decay:
-            log_alpha = F.logsigmoid((outs[:, 3] * self.alpha_weight[:, None]).sum(-1) + self.alpha_bias[:, None])
+            log_alpha = F.logsigmoid((alpha_box * self.alpha_weight[:, None]).sum(-1) + self.alpha_bias[:, None])
         else:
             log_alpha = torch.zeros_like(eta)
         return keys, values, eta, log_alpha
