@@ -94,6 +94,7 @@ def chunk_coefficients(eta, log_alpha, log_beta, active):
     with A_j = prod alpha, gamma_ji = sum_{m=i..j} m_m (A_j/A_m) beta^(n_m - n_i) (n: real-token count) and
     G = gamma * eta. eta, log_alpha: (B, G, C), zero at no-op slots; log_beta: (G,) or None (no momentum);
     active: (B, 1, C) float. Returns A (B,G,C), c (B,G,C), G (B,G,C,C), beta_C (B,G,1,1) or None, s (B,G,C) or None.
+    A dim of n chunks may follow G (eta (B, G, n, C), active (B, 1, n, C)): n chunks' coefficients at once.
     """
     C = eta.shape[-1]
     causal = torch.ones(C, C, dtype=torch.bool, device=eta.device).tril()
@@ -104,7 +105,7 @@ def chunk_coefficients(eta, log_alpha, log_beta, active):
         c = torch.zeros_like(log_A)
         beta_end = s_end = None
     else:
-        log_B = active.cumsum(-1) * log_beta[:, None]  # (B, G, C): log beta^{n_m}
+        log_B = active.cumsum(-1) * log_beta.view(-1, *([1] * (eta.dim() - 2)))  # (B, G, C): log beta^{n_m}
         mom = torch.exp((log_B[..., :, None] - log_B[..., None, :]).masked_fill(~causal, float("-inf")))
         gamma = decay @ (mom * active[..., :, None])
         c = (decay @ (active * log_B.exp())[..., None]).squeeze(-1)
@@ -128,6 +129,26 @@ def coefficients_for(eta, log_alpha, log_beta, active):
     return (slot_coefficients if one_slot else chunk_coefficients)(eta, log_alpha, log_beta, active)
 
 
+def piece_coefficients(eta, log_alpha, log_beta, active, sizes):
+    """`coefficients_for` of every piece of the slots (eta, log_alpha (B, G, S), active (B, 1, S)), when all pieces'
+    inputs are known before the loop (the output memory's scan): each run of equal pieces in one batched call, not a
+    dozen small operations per chunk. Returns one coefficient tuple per piece."""
+    out, start, i = [], 0, 0
+    while i < len(sizes):
+        size, n = sizes[i], 1
+        while i + n < len(sizes) and sizes[i + n] == size:
+            n += 1
+        run = [t.narrow(-1, start, size * n).unflatten(-1, (n, size)) for t in (eta, log_alpha, active)]
+        if size == 1 or n == 1:
+            out += [coefficients_for(*(t.select(-2, j) for t in run[:2]), log_beta, run[2].select(-2, j))
+                    for j in range(n)]
+        else:
+            batched = chunk_coefficients(run[0], run[1], log_beta, run[2])
+            out += zip(*((None,) * n if t is None else t.unbind(2) for t in batched))
+        start, i = start + size * n, i + n
+    return out
+
+
 def _chunk_complete(active, grid: SlotGrid):
     """`complete(i, active_i)` for the scans: which rows' chunk ends with piece i. When every slot holds a token
     (no padding, rows in step: training, single-sequence decoding) it is a Python bool, so `end_state` skips its
@@ -137,13 +158,11 @@ def _chunk_complete(active, grid: SlotGrid):
     return lambda i, active_c: active_c[:, -1] & grid.ends[i]
 
 
-def chunk_step(state: FastWeights, keys, values, eta, log_alpha, log_beta, active, complete, act, dgd, self_generated,
-               queries=None):
+def chunk_step(state: FastWeights, keys, values, coefficients, complete, act, dgd, self_generated, queries=None):
     """One chunk for a group of memories (B, G, ...): rank-one inner updates at the chunk-start weights, the
     dual-form read `o_j = q_j + W1_j act(W2_j q_j)` (W_j including tokens up to j) when `queries` is given, and the
-    end state. `complete` (B,) (or one bool for all rows) marks rows whose chunk ends here, so their next chunk is
-    evaluated at the new weights."""
-    coefficients = coefficients_for(eta, log_alpha, log_beta, active)
+    end state. `coefficients`: the chunk's `coefficients_for`. `complete` (B,) (or one bool for all rows) marks rows
+    whose chunk ends here, so their next chunk is evaluated at the new weights."""
     if keys.shape[-2] == 1:  # one slot: its weights W_1 are the end state's, cheaper to read than the dual form
         new = end_state(state, inner_update_factors(keys, values, state.W1_eval, state.W2_eval, act, dgd,
                                                     self_generated), coefficients, complete)
@@ -190,16 +209,17 @@ def chunked_memory_scan(state, queries, keys, values, eta, log_alpha, log_beta, 
     grid = slot_grid(counts, mask.sum(-1), chunk, mask.shape[1])
     (q, k, v), active = _slots((queries, keys, values), grid, 2)
     (eta_s, la_s), _ = _slots((eta * lr_scale, log_alpha), grid, 2)
+    act_f, eta_m, la_m = _masked_chunk_inputs(active, eta_s, la_s)
+    coefficients = piece_coefficients(eta_m, la_m, log_beta, act_f, grid.sizes)
     step_fn = compiled(memory_chunk_step) if compile else memory_chunk_step
     complete = _chunk_complete(active, grid)
 
-    def step(state, i, q_c, k_c, v_c, eta_c, la_c, active_c):
-        out, state = step_fn(state, q_c, k_c, v_c, eta_c, la_c, active_c, complete(i, active_c), log_beta, act, dgd,
-                             self_generated)
+    def step(state, i, q_c, k_c, v_c, active_c, *coefficients_c):
+        out, state = step_fn(state, q_c, k_c, v_c, coefficients_c, complete(i, active_c), act, dgd, self_generated)
         return (out,), state
 
-    (outs,), state = scan_chunks(step, state, list(zip(*_chunks((q, k, v, eta_s, la_s, active), grid.sizes))),
-                                 recompute)
+    pieces = [(*chunk, *coeffs) for chunk, coeffs in zip(zip(*_chunks((q, k, v, active), grid.sizes)), coefficients)]
+    (outs,), state = scan_chunks(step, state, pieces, recompute)
     return from_slots(outs, grid, T, 2), state
 
 
@@ -293,10 +313,9 @@ def compiled(fn):
     return _COMPILED[key]
 
 
-def memory_chunk_step(state, q_c, k_c, v_c, eta_c, la_c, active_c, complete, log_beta, act, dgd, self_generated):
-    """One chunk of `chunked_memory_scan`."""
-    act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta_c, la_c)
-    return chunk_step(state, k_c, v_c, eta_c, la_c, log_beta, act_f, complete, act, dgd, self_generated, queries=q_c)
+def memory_chunk_step(state, q_c, k_c, v_c, coefficients, complete, act, dgd, self_generated):
+    """One chunk of `chunked_memory_scan` (its coefficients computed before the loop)."""
+    return chunk_step(state, k_c, v_c, coefficients, complete, act, dgd, self_generated, queries=q_c)
 
 
 def read_boxes(u, W1, W2, adaptive, act):
@@ -324,8 +343,8 @@ def projection_chunk_step(state, u, active_c, complete, adaptive, produce, log_b
     keys, values, eta, log_alpha = produced = produce(read_boxes(u, state.W1_eval, state.W2_eval, adaptive, act))
     act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta * lr_scale, log_alpha)
     k_g, v_g = _expand_groups(keys, G), _expand_groups(values, G)
-    _, state = chunk_step(state, k_g, v_g, _expand_groups(eta_c, G), _expand_groups(la_c, G), log_beta, act_f,
-                          complete, act, dgd, self_generated)
+    coefficients = coefficients_for(_expand_groups(eta_c, G), _expand_groups(la_c, G), log_beta, act_f)
+    _, state = chunk_step(state, k_g, v_g, coefficients, complete, act, dgd, self_generated)
     return produced, state
 
 

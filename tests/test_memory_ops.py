@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from modeling_hope.continuum_memory import swiglu_per_row, teach_gradients
 from modeling_hope.fast_weight_memory import (FastWeights, chunked_fused_scan, chunked_memory_scan,
-                                              chunked_projection_scan, naive_memory_scan, naive_projection_scan)
+                                              chunked_projection_scan, coefficients_for, naive_memory_scan,
+                                              naive_projection_scan, piece_coefficients)
 
 B, H, d, R, T = 3, 2, 4, 6, 11
 COUNTS = torch.tensor([0, 5, 2])
@@ -152,3 +153,38 @@ def test_teach_gradients_match_autograd():
     got = teach_gradients(z, g.detach(), v.detach(), weights[2].detach(), delta)
     for a, b in zip(got, expected):
         check_close(a, b, 1e-12)
+
+
+@pytest.mark.parametrize("momentum", [True, False])
+def test_piece_coefficients_equal_each_piece_alone(momentum):
+    """The output memory's scan computes its coefficients before the loop, runs of equal pieces in one batched call:
+    the same values and gradients as one `coefficients_for` per piece (partial first piece, one-slot pieces, no-op
+    slots)."""
+    gen = torch.Generator().manual_seed(1)
+    sizes = [3, 4, 4, 4, 1, 1, 2]
+    S = sum(sizes)
+    active = torch.ones(2, 1, S, dtype=torch.float64)
+    active[1, :, -4:] = 0
+    active[0, :, 9:11] = 0  # inside the batched run
+    eta = (torch.rand(2, 3, S, generator=gen, dtype=torch.float64) * active).requires_grad_()
+    log_alpha = (torch.log(0.8 + 0.2 * torch.rand(2, 3, S, generator=gen, dtype=torch.float64)) * active)
+    log_alpha.requires_grad_()
+    log_beta = torch.log(0.9 * torch.rand(3, generator=gen, dtype=torch.float64)).requires_grad_() if momentum \
+        else None
+    leaves = [t for t in (eta, log_alpha, log_beta) if t is not None]
+    batched = piece_coefficients(eta, log_alpha, log_beta, active, sizes)
+    pieces = [t.split(sizes, -1) for t in (eta, log_alpha, active)]
+    single = [coefficients_for(e, la, log_beta, a) for e, la, a in zip(*pieces)]
+    assert len(batched) == len(single) == len(sizes)
+    weights = torch.Generator().manual_seed(2)
+    grads = []
+    for result in (batched, single):
+        terms = [t for piece in result for t in piece if t is not None]
+        loss = sum((t * torch.randn(t.shape, generator=weights, dtype=t.dtype)).sum() for t in terms)
+        grads.append(torch.autograd.grad(loss, leaves))
+        weights.manual_seed(2)
+    for got, want in zip(batched, single):
+        for a, b in zip(got, want):
+            assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-14, rtol=0))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-12, rtol=0)
