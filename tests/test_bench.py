@@ -52,6 +52,11 @@ def test_every_section_with_finite_figures(quick_run):
         assert entry["hope"]["peak_delta_mib"] > 0 and entry["llama"]["peak_delta_mib"] > 0
     for op in results["sections"]["operators"]["by_operator"].values():
         assert op["speedup_at_length"] > 1
+    train = results["sections"]["compile"]["train"]
+    for name in ("eager", "compiled", "llama_eager", "llama_compiled"):
+        assert train[name]["tokens_per_second"] > 0, name
+    assert train["hope_over_llama_compiled"] == pytest.approx(
+        train["compiled"]["tokens_per_second"] / train["llama_compiled"]["tokens_per_second"])
     assert results["skipped"] == []
 
 

@@ -192,7 +192,8 @@ def main(argv=None) -> int:
     section("naive_model", lambda: training.run_naive_model(models["hope"], args.preset, args.naive_model_len,
                                                             args.repeats, args.seed, log))
     section("compile", lambda: compiled.run(models["hope"], args.preset, args.compile_length, args.compile_context,
-                                            args.decode_steps, args.repeats, args.seed, log, args.compile_backend))
+                                            args.decode_steps, args.repeats, args.seed, log, args.compile_backend,
+                                            llama=models["llama"]))
     results["targets"] = targets.evaluate(sections)
     results["elapsed_seconds"] = time.perf_counter() - started
     results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

@@ -1,6 +1,8 @@
 """torch.compile on HOPE: the eager model against the same weights with `compile_memory=True` (the per-chunk step
 compiled) wrapped in `torch.compile(model)` (everything outside the chunk loop compiled), for a training step and for
-decoding. Compile time is the first call's time less an eager call's; steps are interleaved, best of N."""
+decoding; the training step also for the Llama twin, eager and in `torch.compile(model)`, so that the HOPE / Llama
+ratio is there with both models compiled. Compile time is the first call's time less an eager call's; steps are
+interleaved, best of N."""
 
 import torch
 
@@ -18,28 +20,43 @@ def _pair(hope, preset: str, backend: str):
 
 
 def run(hope, preset: str, length: int, context: int, steps: int, repeats: int, seed: int = 0, log=print,
-        backend: str = "inductor") -> dict:
+        backend: str = "inductor", llama=None) -> dict:
     torch._dynamo.reset()
     model, compiled = _pair(hope, preset, backend)
     ids = random_ids(hope.config.vocab_size, 1, length, seed, hope.device)
     out = {"method": __doc__.replace("\n", " "), "backend": backend, "length": length, "context": context}
 
-    hope.train(), model.train()
-    eager_first = train_step_seconds(hope, ids)
-    first = train_step_seconds(compiled, ids)
+    pairs = {"": (hope, compiled)}
+    if llama is not None:
+        pairs["llama_"] = (llama, torch.compile(llama, backend=backend))
+    steps_by_name, compile_seconds = {}, {}
+    for prefix, (eager, fast) in pairs.items():
+        eager.train(), fast.train()
+        eager_first = train_step_seconds(eager, ids)
+        compile_seconds[prefix] = train_step_seconds(fast, ids) - eager_first
+        steps_by_name[f"{prefix}eager"] = lambda m=eager: train_step_seconds(m, ids)
+        steps_by_name[f"{prefix}compiled"] = lambda m=fast: train_step_seconds(m, ids)
     with torch.no_grad():
         diff = (hope(ids, labels=ids).loss - compiled(ids, labels=ids).loss).abs().item()
-    times = interleaved({"eager": lambda: train_step_seconds(hope, ids),
-                         "compiled": lambda: train_step_seconds(compiled, ids)}, repeats)
+    times = interleaved(steps_by_name, repeats)
     train = {name: summary(t, length) for name, t in times.items()}
     for e in train.values():
         e["tokens_per_second"] = e.pop("per_second")
-    train.update(compile_seconds=first - eager_first, loss_abs_difference=diff,
-                 compiled_over_eager=train["compiled"]["tokens_per_second"] / train["eager"]["tokens_per_second"])
+    tps = {name: e["tokens_per_second"] for name, e in train.items()}
+    train.update(compile_seconds=compile_seconds[""], loss_abs_difference=diff,
+                 compiled_over_eager=tps["compiled"] / tps["eager"])
+    message = (f"compile, train length {length}: eager {tps['eager']:.0f} tok/s, compiled {tps['compiled']:.0f} "
+               f"tok/s ({train['compiled_over_eager']:.2f}x), compile {train['compile_seconds']:.0f} s")
+    if llama is not None:
+        train.update(llama_compile_seconds=compile_seconds["llama_"],
+                     llama_compiled_over_eager=tps["llama_compiled"] / tps["llama_eager"],
+                     hope_over_llama_eager=tps["eager"] / tps["llama_eager"],
+                     hope_over_llama_compiled=tps["compiled"] / tps["llama_compiled"])
+        message += (f"; Llama eager {tps['llama_eager']:.0f}, compiled {tps['llama_compiled']:.0f} tok/s; HOPE / "
+                    f"Llama {train['hope_over_llama_eager']:.3f} eager, {train['hope_over_llama_compiled']:.3f} "
+                    f"compiled")
     out["train"] = train
-    log(f"compile, train length {length}: eager {train['eager']['tokens_per_second']:.0f} tok/s, compiled "
-        f"{train['compiled']['tokens_per_second']:.0f} tok/s ({train['compiled_over_eager']:.2f}x), compile "
-        f"{train['compile_seconds']:.0f} s")
+    log(message)
 
     try:  # a compiler failure in decoding (seen with torch 2.11 on an H200) keeps the training figures
         out["decode"] = _decode(hope, model, compiled, context, steps, repeats, seed, log)
