@@ -57,6 +57,8 @@ def test_every_section_with_finite_figures(quick_run):
         assert train[name]["tokens_per_second"] > 0, name
     assert train["hope_over_llama_compiled"] == pytest.approx(
         train["compiled"]["tokens_per_second"] / train["llama_compiled"]["tokens_per_second"])
+    assert train["hope_compiled_over_llama_best"] == pytest.approx(train["compiled"]["tokens_per_second"] / max(
+        train["llama_eager"]["tokens_per_second"], train["llama_compiled"]["tokens_per_second"]))
     assert results["skipped"] == []
 
 
