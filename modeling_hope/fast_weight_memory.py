@@ -139,8 +139,8 @@ def piece_coefficients(eta, log_alpha, log_beta, active, sizes):
         while i + n < len(sizes) and sizes[i + n] == size:
             n += 1
         run = [t.narrow(-1, start, size * n).unflatten(-1, (n, size)) for t in (eta, log_alpha, active)]
-        if size == 1 or n == 1:
-            out += [coefficients_for(*(t.select(-2, j) for t in run[:2]), log_beta, run[2].select(-2, j))
+        if size == 1:  # one-slot pieces (a decoded token's) take the closed form one by one
+            out += [slot_coefficients(*(t.select(-2, j) for t in run[:2]), log_beta, run[2].select(-2, j))
                     for j in range(n)]
         else:
             batched = chunk_coefficients(run[0], run[1], log_beta, run[2])

@@ -1,11 +1,13 @@
-"""The LM head's logits when they were computed already, and the causal-LM loss of transformers' `ForCausalLMLoss` (labels shifted inside, `ignore_index` skipped, the mean over
-labelled positions, or the sum / `num_items_in_batch`) as one autograd node that keeps the logits and their
-log-sum-exp, not a log-softmax copy of the logits (268 MB at 8192 tokens of an 8192-word vocabulary):
+"""The LM head's logits when they were computed already, and the causal-LM loss of transformers' `ForCausalLMLoss`
+(labels shifted inside, `ignore_index` skipped, the mean over labelled positions, or the sum / `num_items_in_batch`)
+as one autograd node that keeps the logits and their log-sum-exp, not a log-softmax copy of the logits (268 MB at
+8192 tokens of an 8192-word vocabulary):
 
     loss = sum_t (lse_t - x_t[y_t]) / n,        d loss / d x_t = (softmax(x_t) - onehot(y_t)) / n.
 
 HOPE's in-context levels apply the LM head to every round of positions for their teach signal; in training the
-rounds' logits and log-sum-exp are kept (`HeadLogits`) instead of a second head and softmax over the whole sequence.
+rounds' logits and log-sum-exp are kept (`RoundLogits`, `HeadLogits`) instead of a second head and softmax over the
+whole sequence.
 """
 
 import torch
@@ -27,6 +29,36 @@ class HeadLogits(torch.autograd.Function):
         y, weight = ctx.saved_tensors
         grad = grad.to(weight.dtype)
         return grad @ weight, grad.flatten(0, -2).mT @ y.flatten(0, -2), None
+
+
+class RoundLogits:
+    """The logits of consecutive rounds of positions written into one (B, length, V) tensor, with the rounds' norm
+    outputs y (for the head's backward) and log-sum-exp (for the loss)."""
+
+    def __init__(self, length: int):
+        self.length, self.logits, self.y, self.lse = length, None, [], []
+
+    @property
+    def filled(self) -> int:
+        return sum(y.shape[1] for y in self.y)
+
+    def add(self, y, logits, lse):
+        if self.logits is None:
+            self.logits = logits.new_empty(logits.shape[0], self.length, logits.shape[2])
+        start = self.filled
+        self.logits[:, start:start + logits.shape[1]] = logits
+        self.y.append(y)
+        self.lse.append(lse)
+
+    def output(self, weight):
+        """(logits, lse) of all positions once the rounds covered them, else None. The logits carry the head's
+        backward (`HeadLogits`) when grad is on."""
+        if not self.y or self.filled != self.length:
+            return None
+        logits = self.logits
+        if torch.is_grad_enabled():
+            logits = HeadLogits.apply(torch.cat(self.y, 1), weight, logits)
+        return logits, torch.cat(self.lse, 1)
 
 
 class LogitsCrossEntropy(torch.autograd.Function):

@@ -17,9 +17,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .cache_hope import HopeCache
 from .configuration_hope import HopeConfig
-from .lm_head import HeadLogits, causal_lm_loss
 from .continuum_memory import WEIGHT_NAMES, SwiGLU, swiglu_per_row, teach_gradients
 from .fast_weight_memory import MEMORY_SCANS, PROJECTION_SCANS, FastWeights, chunked_fused_scan
+from .lm_head import RoundLogits, causal_lm_loss
 
 BOXES = ("k", "v", "eta", "alpha")
 
@@ -602,33 +602,23 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         # log-sum-exp for the backward and the loss) instead of a second head over the whole sequence.
         rounds = None
         if self.config.in_context_levels and isinstance(logits_to_keep, int) and logits_to_keep == 0:
-            rounds = {"y": [], "lse": [], "filled": 0, "logits": None}
+            rounds = RoundLogits((input_ids if input_ids is not None else inputs_embeds).shape[1])
 
         def teach_signal(h, targets, whole_round=False):
             y, logits, lse, delta = self._head_and_teach_signal(h, targets, rounds is not None and whole_round)
             if y is not None:
-                if rounds["logits"] is None:
-                    length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-                    rounds["logits"] = logits.new_empty(logits.shape[0], length, logits.shape[2])
-                start, rounds["filled"] = rounds["filled"], rounds["filled"] + logits.shape[1]
-                rounds["logits"][:, start:rounds["filled"]] = logits
-                rounds["y"].append(y)
-                rounds["lse"].append(lse)
+                rounds.add(y, logits, lse)
             return delta
 
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                              cache=cache if cache is not None else past_key_values, use_cache=use_cache,
                              teach_signal=teach_signal if self.config.in_context_levels else None)
-        hidden = outputs.last_hidden_state
-        lse = None
-        if rounds is not None and rounds["filled"] == hidden.shape[1] > 0:
-            y, lse = (parts[0] if len(parts) == 1 else torch.cat(parts, 1) for parts in (rounds["y"], rounds["lse"]))
-            logits = rounds["logits"]
-            if torch.is_grad_enabled():
-                logits = HeadLogits.apply(y, self.lm_head.weight, logits)
+        kept = rounds.output(self.lm_head.weight) if rounds is not None else None
+        if kept is not None:
+            logits, lse = kept
         else:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-            logits = self.lm_head(hidden[:, keep])
+            logits, lse = self.lm_head(outputs.last_hidden_state[:, keep]), None
         loss = None
         if labels is not None:
             if self.loss_function is causal_lm_loss:
