@@ -6,6 +6,7 @@ MIXER_TYPES = ("self_modifying_titans", "titans", "attention")
 ADAPTIVE_CHOICES = ("k", "v", "eta", "alpha")
 MEMORY_ACTIVATIONS = ("silu", "gelu")
 MEMORY_IMPLS = ("chunked", "naive")
+MEMORY_KERNELS = ("auto", "torch")
 CMS_LEVEL_KEYS = {"intermediate_size", "period", "lr", "outer_period"}
 
 
@@ -42,6 +43,10 @@ class HopeConfig(PreTrainedConfig):
         compile_memory: `torch.compile` the memories' per-chunk step (fused elementwise kernels; a graph per chunk
             shape, compiled on first use). `torch.compile(model)` leaves the chunk loop out of its graphs, so the
             two combine.
+        memory_kernel: `"auto"` (the default) runs the self-modifying mixer's whole chunk loop as one Triton kernel
+            (`memory_triton.py`) where it applies: on a GPU with Triton installed, without autograd (prefill,
+            decoding, evaluation), rows unpadded and in step, equal chunk sizes; the PyTorch path otherwise.
+            `"torch"`: always the PyTorch path.
     """
 
     model_type = "hope"
@@ -79,6 +84,7 @@ class HopeConfig(PreTrainedConfig):
     memory_impl: str = "chunked"
     memory_recompute: int = 0
     compile_memory: bool = False
+    memory_kernel: str = "auto"
 
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
@@ -119,6 +125,8 @@ class HopeConfig(PreTrainedConfig):
             fail("memory_activation", f"{self.memory_activation!r} is not one of {MEMORY_ACTIVATIONS}")
         if self.memory_impl not in MEMORY_IMPLS:
             fail("memory_impl", f"{self.memory_impl!r} is not one of {MEMORY_IMPLS}")
+        if self.memory_kernel not in MEMORY_KERNELS:
+            fail("memory_kernel", f"{self.memory_kernel!r} is not one of {MEMORY_KERNELS}")
         if self.hidden_act != "silu":
             fail("hidden_act", f"only 'silu' (SwiGLU) levels are implemented, got {self.hidden_act!r}")
         if not isinstance(self.memory_recompute, int) or isinstance(self.memory_recompute, bool) \

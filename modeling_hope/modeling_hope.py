@@ -20,6 +20,8 @@ from .configuration_hope import HopeConfig
 from .continuum_memory import WEIGHT_NAMES, SwiGLU, swiglu_per_row, teach_gradients
 from .fast_weight_memory import MEMORY_SCANS, PROJECTION_SCANS, FastWeights, chunked_fused_scan
 from .lm_head import RoundLogits, causal_lm_loss
+from .memory_triton import applies as kernel_applies
+from .memory_triton import fused_scan as kernel_fused_scan
 
 BOXES = ("k", "v", "eta", "alpha")
 
@@ -194,7 +196,12 @@ class HopeMemoryMixer(nn.Module):
             common.update(recompute=cfg.memory_recompute, compile=cfg.compile_memory)
         memory = FastWeights(*(state[f"memory.{f}"] for f in FastWeights._fields))
         C, Cp = cfg.memory_chunk_size, cfg.projection_chunk_size
-        if cfg.memory_impl == "chunked" and C == Cp:
+        if cfg.memory_impl == "chunked" and cfg.memory_kernel == "auto" and kernel_applies(inputs, C, Cp):
+            o, memory = kernel_fused_scan(
+                memory, q, inputs, self.adaptive, self.eta_weight, self.eta_bias, self.alpha_weight, self.alpha_bias,
+                log_beta, mask, counts, C, cfg.eta_max, cfg.value_norm, common["act"], common["dgd"],
+                common["self_generated"], lr_scale=1.0 / C)
+        elif cfg.memory_impl == "chunked" and C == Cp:
             o, memory = chunked_fused_scan(memory, q, inputs, self.adaptive, self._produce, log_beta, mask, counts,
                                            C, lr_scale=1.0 / C, **common)
         else:

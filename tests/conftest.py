@@ -7,6 +7,10 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="hope-hf-home-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Triton's interpreter for the fused kernel's tests (tests/test_memory_triton.py), which run it on CPU tensors. It
+# must be on before torch imports Triton; the model uses the kernel on the CPU only where a test turns it on.
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import random  # noqa: E402
 

@@ -34,7 +34,7 @@ from test_llama_equivalence import random_llama
 from test_save_load import make_tokenizer
 
 REMOTE_FILES = ("modeling_hope.py", "configuration_hope.py", "cache_hope.py", "fast_weight_memory.py",
-                "memory_chunk.py", "continuum_memory.py", "lm_head.py")
+                "memory_chunk.py", "continuum_memory.py", "lm_head.py", "memory_triton.py", "fused_scan_kernel.py")
 ARCHS = {"llama": (LlamaForCausalLM, LlamaConfig, {}),
          "mistral": (MistralForCausalLM, MistralConfig, {"sliding_window": None, "tie_word_embeddings": True})}
 # level 1 (the MLP) and two extra zero-output levels, in-context ones included, all at learning rate zero

@@ -20,6 +20,7 @@ from modeling_hope import HopeCache, HopeConfig
     ("cms_levels", [{"intermediate_size": 8, "lr": -0.1}], "lr"),
     ("conv_size", -1, "conv_size"),
     ("memory_impl", "fast", "memory_impl"),
+    ("memory_kernel", "cuda", "memory_kernel"),
     ("num_key_value_heads", 3, "num_key_value_heads"),
 ])
 def test_invalid_config_fields(field, value, match):

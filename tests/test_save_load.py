@@ -43,7 +43,8 @@ def test_save_then_load_is_bit_identical(saved):
     model, _, folder = saved
     assert (folder / "model.safetensors").exists()
     for name in ("modeling_hope.py", "configuration_hope.py", "cache_hope.py", "fast_weight_memory.py",
-                 "memory_chunk.py", "continuum_memory.py", "lm_head.py"):
+                 "memory_chunk.py", "continuum_memory.py", "lm_head.py", "memory_triton.py",
+                 "fused_scan_kernel.py"):
         assert (folder / name).exists(), name
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForCausalLM"].endswith("HopeForCausalLM")
