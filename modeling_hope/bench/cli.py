@@ -79,6 +79,9 @@ def parse_args(argv):
                    help="count FLOPs at train lengths up to this (0: all)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the accelerator's peak for MFU (default: the datasheet's dense bf16 figure of a known GPU)")
+    p.add_argument("--memory-kernel", default="auto", choices=["auto", "torch"],
+                   help="HOPE's memory_kernel: auto runs no-grad calls (prefill, decoding) through the fused Triton "
+                        "kernel where it applies (a GPU with Triton), torch always the PyTorch chunk loop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny lengths: a smoke run of every section in seconds")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/hope_bench_cpu.json, or "
@@ -144,7 +147,8 @@ def main(argv=None) -> int:
     fast_weight_memory.COMPILE_BACKEND = args.compile_backend
     max_context = max([*args.decode_contexts, *args.train_lengths, *args.prefill_lengths])
     dtype = getattr(torch, args.dtype)
-    models = {name: build(name, args.preset, args.seed, max_context, args.device, dtype) for name in MODELS}
+    models = {name: build(name, args.preset, args.seed, max_context, args.device, dtype,
+                          memory_kernel=args.memory_kernel) for name in MODELS}
     results["models"] = describe(models)
     sections = results["sections"]
     log(f"hope bench: {args.preset} ({results['models']['hope']['parameters'] / 1e6:.2f}M) vs Llama twin "

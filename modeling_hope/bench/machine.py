@@ -54,13 +54,20 @@ def describe(device="cpu") -> dict:
             "torch": torch.__version__, "transformers": transformers.__version__,
             "torch_threads": torch.get_num_threads(), "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
             "cuda_available": torch.cuda.is_available(), "device": str(device),
-            "load_average_at_start": list(load) if load else None}
+            "load_average_at_start": list(load) if load else None, "triton": _triton_version()}
     if torch.device(device).type == "cuda":
         props = torch.cuda.get_device_properties(device)
         out.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 2),
                    gpu_multiprocessors=props.multi_processor_count, gpu_capability=f"{props.major}.{props.minor}",
                    cuda=torch.version.cuda, gpu_driver=_driver())
     return out
+
+
+def _triton_version() -> str | None:
+    """Triton's version where it is installed (HOPE's fused memory kernel runs only with it)."""
+    from ..memory_triton import triton
+
+    return None if triton is None else triton.__version__
 
 
 def _driver() -> str | None:

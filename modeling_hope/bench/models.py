@@ -44,7 +44,8 @@ def describe(models: dict) -> dict:
                              attn_implementation=cfg._attn_implementation)
         else:
             out[name].update(mixer_type=cfg.mixer_type, memory_chunk_size=cfg.memory_chunk_size,
-                             projection_chunk_size=cfg.projection_chunk_size, cms_levels=cfg.cms_levels)
+                             projection_chunk_size=cfg.projection_chunk_size, cms_levels=cfg.cms_levels,
+                             memory_kernel=cfg.memory_kernel)
     return out
 
 
