@@ -137,3 +137,12 @@ def test_training_is_unchanged_by_the_kernel(interpreter):
     model.train()
     model(ids, labels=ids).loss.backward()
     assert memory_triton.CALLS == calls
+
+
+def test_bench_operators_time_the_kernel(interpreter):
+    """`hope bench`'s operators section times the kernel beside the PyTorch loop where the kernel runs."""
+    from modeling_hope.bench import operators
+
+    out = operators.run("hope-5m", 32, 8, repeats=1, operators=("fused",), log=lambda msg: None)
+    entry = out["by_operator"]["fused"]
+    assert set(entry) >= {"chunked", "compiled", "kernel", "naive"} and entry["speedup_kernel_at_length"] > 0

@@ -1,6 +1,8 @@
 """The chunked memory operators against their naive token-by-token references (fast_weight_memory.py), on one
 layer's memories of the benchmarked preset: `memory` is the output memory's scan (one memory per head), `projection`
-the adaptive k, v, eta, alpha memories' scan. Forward only, under torch.no_grad (the naive reference still takes
+the adaptive k, v, eta, alpha memories' scan, `fused` both in one pass (`chunked_fused_scan`: the model's path when
+the chunk sizes agree; its naive reference is the two naive scans in turn), also as the fused Triton kernel
+(`memory_triton.fused_scan`) where it runs (a GPU with Triton). Forward only, under torch.no_grad (the naive reference still takes
 each token's inner gradient with autograd, as it must). Inputs come from a real HopeMemoryMixer's initial state and
 its own `_produce`; the naive reference walks the tokens one by one, so its cost per token does not depend on the
 length: where it is timed on fewer tokens than the chunked operator, tokens/s are compared."""
@@ -8,13 +10,15 @@ length: where it is timed on fewer tokens than the chunked operator, tokens/s ar
 import torch
 import torch.nn.functional as F
 
-from ..fast_weight_memory import (FastWeights, chunked_memory_scan, chunked_projection_scan, naive_memory_scan,
-                                  naive_projection_scan)
+from ..fast_weight_memory import (FastWeights, chunked_fused_scan, chunked_memory_scan, chunked_projection_scan,
+                                  naive_memory_scan, naive_projection_scan)
+from ..memory_triton import applies as kernel_applies
+from ..memory_triton import fused_scan as kernel_fused_scan
 from ..modeling_hope import HopeMemoryMixer
 from ..presets import hope_config
 from .timing import now
 
-OPERATORS = ("memory", "projection")
+OPERATORS = ("memory", "projection", "fused")
 
 
 def _inputs(config, length: int, seed: int, device="cpu", dtype=torch.float32):
@@ -52,7 +56,7 @@ def _runner(op: str, config, length: int, seed: int, impl: str, device="cpu", dt
                                                                                       dtype)
     common = dict(act=config.memory_activation, dgd=1.0 if config.use_dgd else 0.0,
                   self_generated=config.self_generated_values)
-    if impl != "naive":
+    if impl in ("chunked", "compiled"):
         common["compile"] = impl == "compiled"
     if op == "memory":
         C = config.memory_chunk_size
@@ -60,6 +64,26 @@ def _runner(op: str, config, length: int, seed: int, impl: str, device="cpu", dt
         state = FastWeights(*(t[:, -1] for t in memory))
         return lambda: scan(state, q, k, v, eta, log_alpha, log_beta, mask, counts, C, lr_scale=1.0 / C, **common)
     n = sum(mixer.adaptive)
+    if op == "fused":
+        C = config.memory_chunk_size
+        if impl == "kernel":
+            return lambda: kernel_fused_scan(memory, q, boxes, mixer.adaptive, mixer.eta_weight, mixer.eta_bias,
+                                             mixer.alpha_weight, mixer.alpha_bias, log_beta, mask, counts, C,
+                                             config.eta_max, config.value_norm, lr_scale=1.0 / C, **common)
+        if impl != "naive":
+            return lambda: chunked_fused_scan(memory, q, boxes, mixer.adaptive, mixer._produce, log_beta, mask,
+                                              counts, C, lr_scale=1.0 / C, **common)
+
+        def naive_fused():
+            proj = FastWeights(*(t[:, :n].flatten(1, 2) for t in memory))
+            keys, values, eta_p, log_alpha_p, _ = naive_projection_scan(
+                proj, boxes, mixer.adaptive, mixer._produce, log_beta.repeat(n), mask, counts, C, lr_scale=1.0 / C,
+                **common)
+            mem = FastWeights(*(t[:, -1] for t in memory))
+            return naive_memory_scan(mem, q, keys, values, eta_p, log_alpha_p, log_beta, mask, counts, C,
+                                     lr_scale=1.0 / C, **common)
+
+        return naive_fused
     C = config.projection_chunk_size
     scan = chunked_projection_scan if impl != "naive" else naive_projection_scan
     state = FastWeights(*(t[:, :n].flatten(1, 2) for t in memory))
@@ -77,11 +101,19 @@ def _seconds(fn) -> float:
 def run(preset: str, length: int, naive_length: int, repeats: int, naive_repeats: int = 1, seed: int = 0,
         operators=OPERATORS, log=print, device="cpu", dtype=torch.float32) -> dict:
     config = hope_config(preset)
-    results = {}
+    results, skipped = {}, []
+    if "fused" in operators and config.memory_chunk_size != config.projection_chunk_size:
+        operators = [op for op in operators if op != "fused"]
+        skipped.append({"section": "operators", "operator": "fused", "reason": "the preset's chunk sizes differ"})
+    with torch.no_grad():
+        kernel = kernel_applies(torch.empty(0, device=device), 1, 1)
     for op in operators:
         entry = {}
-        for impl, n, reps in (("chunked", length, repeats), ("chunked", naive_length, repeats),
-                              ("compiled", length, repeats), ("naive", naive_length, naive_repeats)):
+        impls = [("chunked", length, repeats), ("chunked", naive_length, repeats), ("compiled", length, repeats),
+                 ("naive", naive_length, naive_repeats)]
+        if op == "fused" and kernel:
+            impls.insert(3, ("kernel", length, repeats))
+        for impl, n, reps in impls:
             fn = _runner(op, config, n, seed, impl, device, dtype)
             if impl != "naive":
                 _seconds(fn)  # warm-up (and the compilation)
@@ -92,12 +124,17 @@ def run(preset: str, length: int, naive_length: int, repeats: int, naive_repeats
         entry["speedup_same_shape"] = chunked[str(naive_length)]["tokens_per_second"] / naive["tokens_per_second"]
         entry["speedup_compiled_at_length"] = (entry["compiled"][str(length)]["tokens_per_second"]
                                                / naive["tokens_per_second"])
-        entry["memories"] = (config.num_attention_heads if op == "memory"
-                             else sum(HopeMemoryMixer(config, 0).adaptive) * config.num_attention_heads)
+        adaptive = sum(HopeMemoryMixer(config, 0).adaptive)
+        entry["memories"] = config.num_attention_heads * {"memory": 1, "projection": adaptive, "fused": adaptive + 1}[op]
+        if "kernel" in entry:
+            entry["speedup_kernel_at_length"] = entry["kernel"][str(length)]["tokens_per_second"] / naive[
+                "tokens_per_second"]
         results[op] = entry
         log(f"operator {op}: chunked {chunked[str(length)]['tokens_per_second']:.0f} tok/s at {length}, naive "
             f"{naive['tokens_per_second']:.1f} tok/s at {naive_length}: {entry['speedup_at_length']:.0f}x "
-            f"({entry['speedup_compiled_at_length']:.0f}x with the compiled chunk step)")
+            f"({entry['speedup_compiled_at_length']:.0f}x with the compiled chunk step"
+            + (f", {entry['speedup_kernel_at_length']:.0f}x with the kernel)" if "kernel" in entry else ")"))
     return {"method": __doc__.split("\n\n", 1)[0].replace("\n", " "), "length": length, "naive_length": naive_length,
             "batch": 1, "head_dim": config.hidden_size // config.num_attention_heads,
-            "chunk_size": config.memory_chunk_size, "by_operator": results}
+            "chunk_size": config.memory_chunk_size, "by_operator": results, "skipped": skipped,
+            "kernel_timed": kernel if kernel else "no: the fused Triton kernel runs on a GPU with Triton installed"}
