@@ -2,7 +2,7 @@
 # The fused Triton kernel of the memories on a GPU, in one call: exactness (bench/gpu_check.py, which includes the
 # kernel against the PyTorch chunk loop and the CPU), then hope-340m (bf16, batch 1) prefill and decoding with the
 # kernel (memory_kernel=auto) and without it (torch), each run beside the Llama twin. Results go to $OUT. The first
-# call of the float32 kernel in gpu_check.py compiles for about 110 s on an H100 (the bf16 one for about 30 s).
+# call of the float32 kernel in gpu_check.py compiles for about 110 s on an H100 (the bf16 one in under 30 s).
 set -u
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"

@@ -146,3 +146,17 @@ def test_bench_operators_time_the_kernel(interpreter):
     out = operators.run("hope-5m", 32, 8, repeats=1, operators=("fused",), log=lambda msg: None)
     entry = out["by_operator"]["fused"]
     assert set(entry) >= {"chunked", "compiled", "kernel", "naive"} and entry["speedup_kernel_at_length"] > 0
+
+
+def test_products_follow_torch_matmul_precision():
+    """IEEE float32 products unless torch's float32 matmul precision allows TensorFloat-32, as torch's matmuls."""
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert memory_triton._dot_precision(torch.float32) == "ieee"
+        torch.set_float32_matmul_precision("high")
+        assert memory_triton._dot_precision(torch.float32) == "tf32"
+        assert memory_triton._dot_precision(torch.float64) == "ieee"
+        assert memory_triton._dot_precision(torch.bfloat16) == "tf32"
+    finally:
+        torch.set_float32_matmul_precision(previous)
