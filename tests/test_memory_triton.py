@@ -1,6 +1,7 @@
 """The fused Triton kernel of the self-modifying mixer's chunk loop (`memory_triton.py`) against the PyTorch chunk
 loop, run by Triton's interpreter on the CPU (`TRITON_INTERPRET=1`, which conftest.py sets; the same kernel compiles
-for a GPU, where `bench/gpu_check.py` checks it). Skipped where Triton is not installed (it is an optional dependency)."""
+for a GPU, where `bench/gpu_check.py` checks it). The kernel's tests skip where Triton is not installed (it is an
+optional dependency)."""
 
 import pytest
 import torch
@@ -8,11 +9,12 @@ import torch
 from conftest import tiny_config
 from modeling_hope import HopeForCausalLM, memory_triton
 
-pytestmark = pytest.mark.skipif(not memory_triton.available(), reason="Triton is not installed (optional)")
 
 
 @pytest.fixture
 def interpreter(monkeypatch):
+    if not memory_triton.available():
+        pytest.skip("Triton is not installed (optional: pip install -e '.[kernels]')")
     if not memory_triton.interpreting():
         pytest.skip("TRITON_INTERPRET=1 was not set before Triton was imported (conftest sets it without a GPU)")
     monkeypatch.setattr(memory_triton, "ON_CPU", True)
@@ -160,3 +162,17 @@ def test_products_follow_torch_matmul_precision():
         assert memory_triton._dot_precision(torch.bfloat16) == "tf32"
     finally:
         torch.set_float32_matmul_precision(previous)
+
+
+def test_hub_code_loads_without_triton():
+    """transformers checks a remote-code folder's imports before loading it: Triton must not be among them (it is
+    optional), while the kernel's files are copied with the folder (relative imports)."""
+    from pathlib import Path
+
+    from transformers.dynamic_module_utils import get_imports, get_relative_imports
+
+    package = Path(memory_triton.__file__).parent
+    for name in ("modeling_hope.py", "memory_triton.py", "fused_scan_kernel.py"):
+        assert not any(m.startswith("triton") for m in get_imports(str(package / name))), name
+    assert "memory_triton" in get_relative_imports(str(package / "modeling_hope.py"))
+    assert "fused_scan_kernel" in get_relative_imports(str(package / "memory_triton.py"))
