@@ -18,13 +18,16 @@ def act_and_grad(z, GELU: tl.constexpr):
     f = z * s
     return f, s + f * (1 - s)
 
+
 @triton.jit
 def load_mat(p, offs, mask, DTYPE: tl.constexpr):
     return tl.load(p + offs, mask=mask, other=0.0).to(DTYPE)
 
+
 @triton.jit
 def mm(a, b, PREC: tl.constexpr):
     return tl.dot(a, b, input_precision=PREC)
+
 
 @triton.jit
 def read_box(x, W1, W2, GELU: tl.constexpr, PREC: tl.constexpr):
@@ -32,10 +35,12 @@ def read_box(x, W1, W2, GELU: tl.constexpr, PREC: tl.constexpr):
     h, _ = act_and_grad(mm(x, tl.trans(W2), PREC), GELU)
     return x + mm(h, tl.trans(W1), PREC)
 
+
 @triton.jit
 def last(x, idx, n):
     """x[n - 1] along the first axis: idx is arange (a vector x) or arange[:, None] (a matrix x)."""
     return tl.sum(tl.where(idx == n - 1, x, 0.0), 0)
+
 
 @triton.jit(do_not_specialize=["T"])  # one compile for every length
 def fused_scan_kernel(
@@ -46,6 +51,9 @@ def fused_scan_kernel(
         RB: tl.constexpr, P: tl.constexpr, AK: tl.constexpr, AV: tl.constexpr, AE: tl.constexpr,
         AA: tl.constexpr, HAS_ALPHA: tl.constexpr, MOMENTUM: tl.constexpr, SELF_GEN: tl.constexpr,
         VALUE_NORM: tl.constexpr, GELU: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr):
+    """Program (b, h) walks row b's pieces for head h's P memories (the output memory last). The state is read from
+    the `_in` tensors in the first piece and from the `_out` ones after; the boxes u (B, 4, H, T, d), queries and
+    outputs (B, H, T, d) and the memories (B, P, H, ...) are contiguous. *B sizes are the padded block sizes."""
     pid = tl.program_id(0).to(tl.int64)
     b, h = pid // H, pid % H
     rc, rd, rr = tl.arange(0, CB), tl.arange(0, DB), tl.arange(0, RB)
