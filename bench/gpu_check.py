@@ -1,9 +1,8 @@
-"""Exactness on a GPU: the same hope-5m weights on the CPU and on the GPU, float32, must give the same loss, logits
-and gradients (to float32 reduction-order rounding), the chunked memories must match the naive token-by-token ones
-on the GPU, and greedy generate() must choose the same tokens. The fused Triton kernel of the memories (`memory_kernel="auto"`,
-no-grad calls) is checked against the PyTorch chunk loop on the GPU and against the CPU: a no-grad forward into a
-cache (logits and every state tensor), decoding from that cache, and generate(). Writes JSON and exits 1 when a check
-fails.
+"""Exactness on a GPU: the same hope-5m weights on the CPU and on the GPU, float32, must give the same loss, logits and
+gradients (to float32 reduction-order rounding), the chunked memories must match the naive token-by-token ones on the
+GPU, and greedy generate() must choose the same tokens. The fused Triton kernel of the memories (`memory_kernel="auto"`,
+no-grad calls) is checked against the PyTorch chunk loop on the GPU and against the CPU: a no-grad forward into a cache
+(logits and every state tensor), decoding from that cache, and generate(). Writes JSON and exits 1 when a check fails.
 
     python bench/gpu_check.py --out gpu_check.json      # needs a CUDA device
 """

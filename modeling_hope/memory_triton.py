@@ -1,11 +1,11 @@
-"""The fused chunk loop of self-modifying Titans as one Triton kernel, for forwards without autograd (prefill,
-decoding, evaluation) on a GPU.
+"""The fused chunk loop of self-modifying Titans as one Triton kernel, for forwards without autograd (prefill, decoding,
+evaluation) on a GPU.
 
-`chunked_fused_scan` runs the chunk loop in Python: per chunk of a layer, the projection memories' reads, `produce`,
-the closed-form coefficients, the five memories' rank-one updates and the output memory's dual-form read, about a
-hundred small kernels. On a GPU each of them is a launch of microseconds, so a layer costs its launches, not its
-FLOPs. Here one program per (batch row, head) walks all the chunks of the call, with the same math as
-`memory_chunk.py` (the equations are in its docstrings):
+`chunked_fused_scan` runs the chunk loop in Python: per chunk of a layer, the projection memories' reads, `produce`, the
+closed-form coefficients, the five memories' rank-one updates and the output memory's dual-form read, about a hundred
+small kernels. On a GPU each of them is a launch of microseconds, so a layer costs its launches, not its FLOPs. Here one
+program per (batch row, head) walks all the chunks of the call, with the same math as `memory_chunk.py` (the equations
+are in its docstrings):
 
     boxes:   out_box = u_box + W1e act(W2e u_box)  (adaptive boxes, at the chunk-start weights W_e)
     produce: k = l2norm(out_k), v = out_v (l2norm if value_norm), eta = eta_max sigmoid(w_eta . out_eta + b_eta),
@@ -16,13 +16,13 @@ FLOPs. Here one program per (batch row, head) walks all the chunks of the call, 
     read:    o_j = q_j + W1_j act(W2_j q_j), W_j = A_j W + c_j S - sum_{i<=j} G_ji b_i a_i^T (never formed)
 
 It covers every no-grad call of the fused scan (`applies`): a prompt, a decoded token, padded batches and rows at
-different counts (each program walks its own row's pieces); the model takes the PyTorch path whenever autograd
-records (training needs that path's backward). Sizes that are not powers of two (hope-5m's heads of 48) are padded to the
-next one inside the kernel, with zeros that stay zero. Triton is optional: without it (or without a GPU) this module
-is never called. With `TRITON_INTERPRET=1` (set before torch and Triton are imported) and `ON_CPU`, Triton's
-interpreter runs the kernel on CPU tensors: that is how the tests check it against the PyTorch path without a GPU.
-"""
+different counts (each program walks its own row's pieces); the model takes the PyTorch path whenever autograd records
+(training needs that path's backward). Sizes that are not powers of two (hope-5m's heads of 48) are padded to the next
+one inside the kernel, with zeros that stay zero. Triton is optional: without it (or without a GPU) this module is never
+called. With `TRITON_INTERPRET=1` (set before torch and Triton are imported) and `ON_CPU`, Triton's interpreter runs the
+kernel on CPU tensors: that is how the tests check it against the PyTorch path without a GPU."""
 
+import contextlib
 import os
 
 import torch
@@ -92,15 +92,17 @@ def fused_scan(state: FastWeights, queries, inputs, adaptive, eta_weight, eta_bi
     compute = tl.float64 if state.W1.dtype == torch.float64 else tl.float32
     from .fused_scan_kernel import fused_scan_kernel
 
-    fused_scan_kernel[(B * H,)](
-        *old, *new, inputs.contiguous(), queries.contiguous(), out, eta_weight.contiguous(), eta_bias.contiguous(),
-        alpha_weight.contiguous() if has_alpha else eta_weight, alpha_bias if has_alpha else eta_bias,
-        log_beta if log_beta is not None else eta_bias,
-        offsets, lengths, T, H, float(eta_max), float(lr_scale), float(dgd),
-        # CB: a piece holds at most min(chunk, T) tokens (a decoded token's call needs a block of 16 slots)
-        C=chunk, CB=_pow2(min(chunk, T)), D=d, DB=_pow2(d), R=R, RB=_pow2(R), P=P,
-        AK=adaptive[0], AV=adaptive[1], AE=adaptive[2], AA=adaptive[3], HAS_ALPHA=has_alpha,
-        MOMENTUM=log_beta is not None, SELF_GEN=bool(self_generated), VALUE_NORM=bool(value_norm),
-        GELU=act == "gelu", DTYPE=compute, PREC=_dot_precision(state.W1.dtype),
-        num_warps=8)
+    # on the tensors' GPU (a device map may spread the layers over several)
+    with torch.cuda.device(queries.device) if queries.is_cuda else contextlib.nullcontext():
+        fused_scan_kernel[(B * H,)](
+            *old, *new, inputs.contiguous(), queries.contiguous(), out, eta_weight.contiguous(), eta_bias.contiguous(),
+            alpha_weight.contiguous() if has_alpha else eta_weight, alpha_bias if has_alpha else eta_bias,
+            log_beta if log_beta is not None else eta_bias,
+            offsets, lengths, T, H, float(eta_max), float(lr_scale), float(dgd),
+            # CB: a piece holds at most min(chunk, T) tokens (a decoded token's call needs a block of 16 slots)
+            C=chunk, CB=_pow2(min(chunk, T)), D=d, DB=_pow2(d), R=R, RB=_pow2(R), P=P,
+            AK=adaptive[0], AV=adaptive[1], AE=adaptive[2], AA=adaptive[3], HAS_ALPHA=has_alpha,
+            MOMENTUM=log_beta is not None, SELF_GEN=bool(self_generated), VALUE_NORM=bool(value_norm),
+            GELU=act == "gelu", DTYPE=compute, PREC=_dot_precision(state.W1.dtype),
+            num_warps=8)
     return out, FastWeights(*new)

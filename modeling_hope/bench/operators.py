@@ -1,11 +1,11 @@
-"""The chunked memory operators against their naive token-by-token references (fast_weight_memory.py), on one
-layer's memories of the benchmarked preset: `memory` is the output memory's scan (one memory per head), `projection`
-the adaptive k, v, eta, alpha memories' scan, `fused` both in one pass (`chunked_fused_scan`: the model's path when
-the chunk sizes agree; its naive reference is the two naive scans in turn), also as the fused Triton kernel
-(`memory_triton.fused_scan`) where it runs (a GPU with Triton). Forward only, under torch.no_grad (the naive reference still takes
-each token's inner gradient with autograd, as it must). Inputs come from a real HopeMemoryMixer's initial state and
-its own `_produce`; the naive reference walks the tokens one by one, so its cost per token does not depend on the
-length: where it is timed on fewer tokens than the chunked operator, tokens/s are compared."""
+"""The chunked memory operators against their naive token-by-token references (fast_weight_memory.py), on one layer's
+memories of the benchmarked preset: `memory` is the output memory's scan (one memory per head), `projection` the
+adaptive k, v, eta, alpha memories' scan, `fused` both in one pass (`chunked_fused_scan`: the model's path when the
+chunk sizes agree; its naive reference is the two naive scans in turn), also as the fused Triton kernel
+(`memory_triton.fused_scan`) where it runs (a GPU with Triton). Forward only, under torch.no_grad (the naive reference
+still takes each token's inner gradient with autograd, as it must). Inputs come from a real HopeMemoryMixer's initial
+state and its own `_produce`; the naive reference walks the tokens one by one, so its cost per token does not depend on
+the length: where it is timed on fewer tokens than the chunked operator, tokens/s are compared."""
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +125,8 @@ def run(preset: str, length: int, naive_length: int, repeats: int, naive_repeats
         entry["speedup_compiled_at_length"] = (entry["compiled"][str(length)]["tokens_per_second"]
                                                / naive["tokens_per_second"])
         adaptive = sum(HopeMemoryMixer(config, 0).adaptive)
-        entry["memories"] = config.num_attention_heads * {"memory": 1, "projection": adaptive, "fused": adaptive + 1}[op]
+        per_head = {"memory": 1, "projection": adaptive, "fused": adaptive + 1}[op]
+        entry["memories"] = config.num_attention_heads * per_head
         if "kernel" in entry:
             entry["speedup_kernel_at_length"] = entry["kernel"][str(length)]["tokens_per_second"] / naive[
                 "tokens_per_second"]
