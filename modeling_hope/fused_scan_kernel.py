@@ -41,6 +41,100 @@ def last(x, idx, n):
     """x[n - 1] along the first axis: idx is arange (a vector x) or arange[:, None] (a matrix x)."""
     return tl.sum(tl.where(idx == n - 1, x, 0.0), 0)
 
+@triton.jit
+def load_state(p_in, p_out, m, offs, mask, first, DTYPE: tl.constexpr):
+    """A state matrix as the piece starts: from the input state in the first piece, from the output after."""
+    if first:
+        x = load_mat(p_in + m, offs, mask, DTYPE)
+    else:
+        x = load_mat(p_out + m, offs, mask, DTYPE)
+    return x
+
+
+@triton.jit
+def load_eval(We_in, W_in, W_out, m, offs, mask, first, pos, DTYPE: tl.constexpr):
+    """The chunk-start weights: the stored ones when the first piece starts inside a chunk, else W itself."""
+    if first:
+        if pos != 0:
+            x = load_mat(We_in + m, offs, mask, DTYPE)
+        else:
+            x = load_mat(W_in + m, offs, mask, DTYPE)
+    else:
+        x = load_mat(W_out + m, offs, mask, DTYPE)
+    return x
+
+
+@triton.jit
+def inner_factors(keys, values, W1e, W2e, dgd, SELF_GEN: tl.constexpr, GELU: tl.constexpr, PREC: tl.constexpr):
+    """a1 = act(W2e k), b1 and b2 of the rank-one inner updates (`memory_chunk.factor_terms`)."""
+    Z = mm(keys, tl.trans(W2e), PREC)  # (CB, RB)
+    Hk, dH = act_and_grad(Z, GELU)
+    Y = mm(Hk, tl.trans(W1e), PREC)  # (CB, DB)
+    if SELF_GEN:
+        Hv, _ = act_and_grad(mm(values, tl.trans(W2e), PREC), GELU)
+        err = keys + Y - (values + mm(Hv, tl.trans(W1e), PREC))
+    else:
+        err = keys + Y - values
+    col_norms = tl.sum(W1e * W1e, 0)  # (RB,)
+    e1 = mm(err, W1e, PREC)  # (CB, RB)
+    s1 = 1.0 / (1.0 + tl.sum(Hk * Hk, 1))
+    s2 = 1.0 / (1.0 + tl.sum(dH * dH * col_norms[None, :], 1))
+    return Hk, (err + dgd * Y) * s1[:, None], (e1 * dH + dgd * Z) * s2[:, None]
+
+
+@triton.jit
+def update_pair(W_in, W_out, S_in, S_out, We_out, m, offs, mask, first, complete, b, a, A_end, c_end, beta_end, g_end,
+                s_end, MOMENTUM: tl.constexpr, DTYPE: tl.constexpr, PREC: tl.constexpr):
+    """W' = A_C W + c_C S - sum_i G_Ci b_i a_i^T and S' = beta_C S - sum_i s_i b_i a_i^T for one of a memory's two
+    matrices, stored once every thread has read it; W' is also the next chunk-start weights if the chunk completes."""
+    W = load_state(W_in, W_out, m, offs, mask, first, DTYPE)
+    S = load_state(S_in, S_out, m, offs, mask, first, DTYPE)
+    Wn = A_end * W + c_end * S - mm(tl.trans(b * g_end[:, None]), a, PREC)
+    if MOMENTUM:
+        S = beta_end * S - mm(tl.trans(b * s_end[:, None]), a, PREC)
+    tl.debug_barrier()
+    ty = W_out.dtype.element_ty
+    tl.store(W_out + m + offs, Wn.to(ty), mask=mask)
+    tl.store(S_out + m + offs, S.to(ty), mask=mask)
+    if complete:
+        tl.store(We_out + m + offs, Wn.to(ty), mask=mask)
+
+
+@triton.jit
+def memory_step(W1e_in, W2e_in, W1_in, W2_in, S1_in, S2_in, W1e_out, W2e_out, W1_out, W2_out, S1_out, S2_out, m,
+                w1_offs, w1_mask, w2_offs, w2_mask, first, pos, complete, keys, values, dgd, A, c, G, A_end, c_end,
+                beta_end, g_end, s_end, q_ptr, o_ptr, q_base, x_offs, x_mask, READ: tl.constexpr,
+                MOMENTUM: tl.constexpr, SELF_GEN: tl.constexpr, GELU: tl.constexpr, DTYPE: tl.constexpr,
+                PREC: tl.constexpr):
+    """One memory's piece: its inner factors at the chunk-start weights, the dual-form read (READ: the output memory)
+    at the piece-start state, then its updates. The chunk-start weights are stored here when the chunk goes on, and
+    as W' by `update_pair` when it completes; no thread of the program reads the `*e_out` tensors."""
+    W1e = load_eval(W1e_in, W1_in, W1_out, m, w1_offs, w1_mask, first, pos, DTYPE)
+    W2e = load_eval(W2e_in, W2_in, W2_out, m, w2_offs, w2_mask, first, pos, DTYPE)
+    Hk, b1, b2 = inner_factors(keys, values, W1e, W2e, dgd, SELF_GEN, GELU, PREC)
+    if complete:
+        pass
+    else:
+        ty = W1e_out.dtype.element_ty
+        tl.store(W1e_out + m + w1_offs, W1e.to(ty), mask=w1_mask)
+        tl.store(W2e_out + m + w2_offs, W2e.to(ty), mask=w2_mask)
+    if READ:
+        q = tl.load(q_ptr + q_base + x_offs, mask=x_mask, other=0.0).to(DTYPE)
+        W2 = load_state(W2_in, W2_out, m, w2_offs, w2_mask, first, DTYPE)
+        S2 = load_state(S2_in, S2_out, m, w2_offs, w2_mask, first, DTYPE)
+        z = A[:, None] * mm(q, tl.trans(W2), PREC) + c[:, None] * mm(q, tl.trans(S2), PREC) \
+            - mm(G * mm(q, tl.trans(keys), PREC), b2, PREC)
+        hq, _ = act_and_grad(z, GELU)
+        W1 = load_state(W1_in, W1_out, m, w1_offs, w1_mask, first, DTYPE)
+        S1 = load_state(S1_in, S1_out, m, w1_offs, w1_mask, first, DTYPE)
+        o = q + A[:, None] * mm(hq, tl.trans(W1), PREC) + c[:, None] * mm(hq, tl.trans(S1), PREC) \
+            - mm(G * mm(hq, tl.trans(Hk), PREC), b1, PREC)
+        tl.store(o_ptr + q_base + x_offs, o.to(o_ptr.dtype.element_ty), mask=x_mask)
+    update_pair(W1_in, W1_out, S1_in, S1_out, W1e_out, m, w1_offs, w1_mask, first, complete, b1, Hk, A_end, c_end,
+                beta_end, g_end, s_end, MOMENTUM, DTYPE, PREC)
+    update_pair(W2_in, W2_out, S2_in, S2_out, W2e_out, m, w2_offs, w2_mask, first, complete, b2, keys, A_end, c_end,
+                beta_end, g_end, s_end, MOMENTUM, DTYPE, PREC)
+
 
 @triton.jit(do_not_specialize=["T"])  # one compile for every length
 def fused_scan_kernel(
@@ -97,16 +191,8 @@ def fused_scan_kernel(
         outs_a = tl.load(u_base + 3 * box_stride + x_offs, mask=x_mask, other=0.0).to(DTYPE)
         for p in tl.static_range(P - 1):
             m = ((b * P + p) * H + h) * (D * R)
-            if first:
-                if pos == 0:
-                    W1e = load_mat(W1_in + m, w1_offs, w1_mask, DTYPE)
-                    W2e = load_mat(W2_in + m, w2_offs, w2_mask, DTYPE)
-                else:
-                    W1e = load_mat(W1e_in + m, w1_offs, w1_mask, DTYPE)
-                    W2e = load_mat(W2e_in + m, w2_offs, w2_mask, DTYPE)
-            else:
-                W1e = load_mat(W1_out + m, w1_offs, w1_mask, DTYPE)
-                W2e = load_mat(W2_out + m, w2_offs, w2_mask, DTYPE)
+            W1e = load_eval(W1e_in, W1_in, W1_out, m, w1_offs, w1_mask, first, pos, DTYPE)
+            W2e = load_eval(W2e_in, W2_in, W2_out, m, w2_offs, w2_mask, first, pos, DTYPE)
             if AK and p == PK:
                 outs_k = read_box(outs_k, W1e, W2e, GELU, PREC)
             if AV and p == PV:
@@ -138,67 +224,23 @@ def fused_scan_kernel(
         else:
             gamma = decay * active[None, :]
             c = tl.zeros([CB], dtype=DTYPE)
+            beta_end, s_end = 1.0, c  # unused without momentum
         A = tl.exp(log_A)
         G = gamma * eta[None, :]
         g_end = last(G, rc[:, None], CB)
         A_end, c_end = last(A, rc, CB), last(c, rc, CB)
         complete = pos + n == C
-        # ---- every memory's update; the output memory (the last) also reads
-        for p in tl.static_range(P):
-            m = ((b * P + p) * H + h) * (D * R)
-            if first:
-                W1 = load_mat(W1_in + m, w1_offs, w1_mask, DTYPE)
-                W2 = load_mat(W2_in + m, w2_offs, w2_mask, DTYPE)
-                S1 = load_mat(S1_in + m, w1_offs, w1_mask, DTYPE)
-                S2 = load_mat(S2_in + m, w2_offs, w2_mask, DTYPE)
-                if pos == 0:
-                    W1e, W2e = W1, W2
-                else:
-                    W1e = load_mat(W1e_in + m, w1_offs, w1_mask, DTYPE)
-                    W2e = load_mat(W2e_in + m, w2_offs, w2_mask, DTYPE)
-            else:
-                W1 = load_mat(W1_out + m, w1_offs, w1_mask, DTYPE)
-                W2 = load_mat(W2_out + m, w2_offs, w2_mask, DTYPE)
-                S1 = load_mat(S1_out + m, w1_offs, w1_mask, DTYPE)
-                S2 = load_mat(S2_out + m, w2_offs, w2_mask, DTYPE)
-                W1e, W2e = W1, W2
-            Z = mm(keys, tl.trans(W2e), PREC)  # (CB, RB)
-            Hk, dH = act_and_grad(Z, GELU)
-            Y = mm(Hk, tl.trans(W1e), PREC)  # (CB, DB)
-            if SELF_GEN:
-                Hv, _ = act_and_grad(mm(values, tl.trans(W2e), PREC), GELU)
-                err = keys + Y - (values + mm(Hv, tl.trans(W1e), PREC))
-            else:
-                err = keys + Y - values
-            col_norms = tl.sum(W1e * W1e, 0)  # (RB,)
-            e1 = mm(err, W1e, PREC)  # (CB, RB)
-            s1 = 1.0 / (1.0 + tl.sum(Hk * Hk, 1))
-            s2 = 1.0 / (1.0 + tl.sum(dH * dH * col_norms[None, :], 1))
-            b1 = (err + dgd * Y) * s1[:, None]
-            b2 = (e1 * dH + dgd * Z) * s2[:, None]
-            if p == P - 1:
-                q = tl.load(q_ptr + q_base + x_offs, mask=x_mask, other=0.0).to(DTYPE)
-                z = A[:, None] * mm(q, tl.trans(W2), PREC) + c[:, None] * mm(q, tl.trans(S2), PREC) \
-                    - mm(G * mm(q, tl.trans(keys), PREC), b2, PREC)
-                hq, _ = act_and_grad(z, GELU)
-                o = q + A[:, None] * mm(hq, tl.trans(W1), PREC) + c[:, None] * mm(hq, tl.trans(S1), PREC) \
-                    - mm(G * mm(hq, tl.trans(Hk), PREC), b1, PREC)
-                tl.store(o_ptr + q_base + x_offs, o.to(o_ptr.dtype.element_ty), mask=x_mask)
-            W1n = A_end * W1 + c_end * S1 - mm(tl.trans(b1 * g_end[:, None]), Hk, PREC)
-            W2n = A_end * W2 + c_end * S2 - mm(tl.trans(b2 * g_end[:, None]), keys, PREC)
-            if MOMENTUM:
-                S1 = beta_end * S1 - mm(tl.trans(b1 * s_end[:, None]), Hk, PREC)
-                S2 = beta_end * S2 - mm(tl.trans(b2 * s_end[:, None]), keys, PREC)
-            if complete:
-                W1e, W2e = W1n, W2n
-            tl.debug_barrier()  # every thread has read this memory's tiles before any overwrites them
-            ty = W1_out.dtype.element_ty
-            tl.store(W1_out + m + w1_offs, W1n.to(ty), mask=w1_mask)
-            tl.store(W2_out + m + w2_offs, W2n.to(ty), mask=w2_mask)
-            tl.store(S1_out + m + w1_offs, S1.to(ty), mask=w1_mask)
-            tl.store(S2_out + m + w2_offs, S2.to(ty), mask=w2_mask)
-            tl.store(W1e_out + m + w1_offs, W1e.to(ty), mask=w1_mask)
-            tl.store(W2e_out + m + w2_offs, W2e.to(ty), mask=w2_mask)
+        # ---- every memory's update; the output memory (the last) also reads. The adaptive memories in a loop, not
+        # unrolled, and each matrix loaded where it is used: fewer tiles alive at once, less spilling
+        for p in range(P - 1):
+            memory_step(W1e_in, W2e_in, W1_in, W2_in, S1_in, S2_in, W1e_out, W2e_out, W1_out, W2_out, S1_out, S2_out,
+                        ((b * P + p) * H + h) * (D * R), w1_offs, w1_mask, w2_offs, w2_mask, first, pos, complete,
+                        keys, values, dgd, A, c, G, A_end, c_end, beta_end, g_end, s_end, q_ptr, o_ptr, q_base, x_offs,
+                        x_mask, False, MOMENTUM, SELF_GEN, GELU, DTYPE, PREC)
+        memory_step(W1e_in, W2e_in, W1_in, W2_in, S1_in, S2_in, W1e_out, W2e_out, W1_out, W2_out, S1_out, S2_out,
+                    ((b * P + P - 1) * H + h) * (D * R), w1_offs, w1_mask, w2_offs, w2_mask, first, pos, complete,
+                    keys, values, dgd, A, c, G, A_end, c_end, beta_end, g_end, s_end, q_ptr, o_ptr, q_base, x_offs,
+                    x_mask, True, MOMENTUM, SELF_GEN, GELU, DTYPE, PREC)
         tl.debug_barrier()
     if pieces == 0:  # a row without tokens in this call keeps its state (its chunk restarts at a boundary)
         for p in tl.static_range(P):
