@@ -4,23 +4,16 @@
 # training throughput at 512 / 2048 / 8192 and training peak memory at 8192 for this tree, and training throughput
 # at 2048 for the old tree, each against the Llama twin in the same process. Results go to $OUT.
 set -u
-OUT=${OUT:-gpu-results}
 OLD=${OLD:-old_tree}
-mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    SITE=/tmp/site:
-fi
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/nvidia_smi.txt"
+. bench/gpu_env.sh
 BENCH="-m modeling_hope.cli bench --device cuda --preset hope-340m --threads 0 --no-plot --repeats 2"
-PYTHONPATH=${SITE:-}. timeout 90 python3 bench/gpu_check.py --out "$OUT/gpu_check.json" 2>&1 | tail -12
-PYTHONPATH=${SITE:-}. timeout 330 python3 $BENCH --sections train memory --train-lengths 512 2048 8192 \
+timeout 90 python3 bench/gpu_check.py --out "$OUT/gpu_check.json" 2>&1 | tail -12
+timeout 330 python3 $BENCH --sections train memory --train-lengths 512 2048 8192 \
     --memory-modes train --memory-lengths 8192 --flops-max-length 2048 --budget 300 \
     --out "$OUT/hope_bench_gpu_train.json" 2>&1 | grep -v Warning
 if [ -d "$OLD/modeling_hope" ]; then  # run from $OLD: `python -m` puts the working directory first on the path
     RESULTS=$(cd "$OUT" && pwd)
-    (cd "$OLD" && PYTHONPATH=${SITE:-}. timeout 90 python3 $BENCH --sections train --train-lengths 2048 --no-flops \
+    (cd "$OLD" && timeout 90 python3 $BENCH --sections train --train-lengths 2048 --no-flops \
         --out "$RESULTS/hope_bench_gpu_train_old.json" 2>&1 | grep -v Warning)
 fi
 ls -la "$OUT"

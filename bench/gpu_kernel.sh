@@ -4,14 +4,7 @@
 # kernel (memory_kernel=auto) and without it (torch), each run beside the Llama twin. Results go to $OUT. The first
 # call of the float32 kernel in gpu_check.py compiles for about 110 s on an H100 (the bf16 one in under 30 s).
 set -u
-OUT=${OUT:-gpu-results}
-mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}. PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/nvidia_smi.txt"
+. bench/gpu_env.sh
 python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"
 timeout 300 python3 bench/gpu_check.py --out "$OUT/gpu_check.json" 2>&1 | tail -32
 BENCH="python3 -m modeling_hope.cli bench --device cuda --preset hope-340m --threads 0 --no-plot --repeats 3 \

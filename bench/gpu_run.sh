@@ -4,14 +4,7 @@
 # whole script near 7 minutes on an H100/H200; a section that would start after its run's budget is recorded as
 # skipped. A newer transformers than the machine's can be carried as a wheel in .whl/ (installed to /tmp/site).
 set -u
-OUT=${OUT:-gpu-results}
-mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}. PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/nvidia_smi.txt"
+. bench/gpu_env.sh
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 timeout 100 python3 bench/gpu_check.py --out "$OUT/gpu_check.json" 2>&1 | tail -25
 BENCH="python3 -m modeling_hope.cli bench --device cuda --preset hope-340m --threads 0 --no-plot"

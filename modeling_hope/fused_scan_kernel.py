@@ -245,12 +245,9 @@ def fused_scan_kernel(
     if pieces == 0:  # a row without tokens in this call keeps its state (its chunk restarts at a boundary)
         for p in tl.static_range(P):
             m = ((b * P + p) * H + h) * (D * R)
-            if off == 0:
-                W1e = tl.load(W1_in + m + w1_offs, mask=w1_mask)
-                W2e = tl.load(W2_in + m + w2_offs, mask=w2_mask)
-            else:
-                W1e = tl.load(W1e_in + m + w1_offs, mask=w1_mask)
-                W2e = tl.load(W2e_in + m + w2_offs, mask=w2_mask)
+            ty = W1e_out.dtype.element_ty
+            W1e = load_eval(W1e_in, W1_in, W1_out, m, w1_offs, w1_mask, True, off, ty)
+            W2e = load_eval(W2e_in, W2_in, W2_out, m, w2_offs, w2_mask, True, off, ty)
             tl.store(W1e_out + m + w1_offs, W1e, mask=w1_mask)
             tl.store(W2e_out + m + w2_offs, W2e, mask=w2_mask)
             tl.store(W1_out + m + w1_offs, tl.load(W1_in + m + w1_offs, mask=w1_mask), mask=w1_mask)

@@ -7,6 +7,8 @@ still takes each token's inner gradient with autograd, as it must). Inputs come 
 state and its own `_produce`; the naive reference walks the tokens one by one, so its cost per token does not depend on
 the length: where it is timed on fewer tokens than the chunked operator, tokens/s are compared."""
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -52,6 +54,9 @@ def _inputs(config, length: int, seed: int, device="cpu", dtype=torch.float32):
 
 
 def _runner(op: str, config, length: int, seed: int, impl: str, device="cpu", dtype=torch.float32):
+    if op == "fused" and impl == "naive":  # the mixer's own path for unequal chunk sizes, with the naive scans
+        config = copy.copy(config)
+        config.memory_impl = "naive"
     mixer, memory, (q, k, v, eta, log_alpha, boxes), log_beta, mask, counts = _inputs(config, length, seed, device,
                                                                                       dtype)
     common = dict(act=config.memory_activation, dgd=1.0 if config.use_dgd else 0.0,
@@ -73,17 +78,7 @@ def _runner(op: str, config, length: int, seed: int, impl: str, device="cpu", dt
         if impl != "naive":
             return lambda: chunked_fused_scan(memory, q, boxes, mixer.adaptive, mixer._produce, log_beta, mask,
                                               counts, C, lr_scale=1.0 / C, **common)
-
-        def naive_fused():
-            proj = FastWeights(*(t[:, :n].flatten(1, 2) for t in memory))
-            keys, values, eta_p, log_alpha_p, _ = naive_projection_scan(
-                proj, boxes, mixer.adaptive, mixer._produce, log_beta.repeat(n), mask, counts, C, lr_scale=1.0 / C,
-                **common)
-            mem = FastWeights(*(t[:, -1] for t in memory))
-            return naive_memory_scan(mem, q, keys, values, eta_p, log_alpha_p, log_beta, mask, counts, C,
-                                     lr_scale=1.0 / C, **common)
-
-        return naive_fused
+        return lambda: mixer._separate_scans(memory, q, boxes, log_beta, mask, counts, common)
     C = config.projection_chunk_size
     scan = chunked_projection_scan if impl != "naive" else naive_projection_scan
     state = FastWeights(*(t[:, :n].flatten(1, 2) for t in memory))
