@@ -7,7 +7,9 @@ as one autograd node that keeps the logits and their log-sum-exp, not a log-soft
 
 HOPE's in-context levels apply the LM head to every round of positions for their teach signal; in training the
 rounds' logits and log-sum-exp are kept (`RoundLogits`, `HeadLogits`) instead of a second head and softmax over the
-whole sequence.
+whole sequence. Given the head's input y and weight W, the loss's backward goes straight to them (`HeadCrossEntropy`)
+in blocks of rows, dy = d W and dW = d^T y with d = d loss / d logits, so that d is never held for all positions at
+once (another 268 MB at 8192 tokens).
 """
 
 import torch
@@ -51,14 +53,14 @@ class RoundLogits:
         self.lse.append(lse)
 
     def output(self, weight):
-        """(logits, lse) of all positions once the rounds covered them, else None. The logits carry the head's
+        """(logits, lse, y) of all positions once the rounds covered them, else None. The logits carry the head's
         backward (`HeadLogits`) when grad is on."""
         if not self.y or self.filled != self.length:
             return None
-        logits = self.logits
+        logits, y = self.logits, torch.cat(self.y, 1)
         if torch.is_grad_enabled():
-            logits = HeadLogits.apply(torch.cat(self.y, 1), weight, logits)
-        return logits, torch.cat(self.lse, 1)
+            logits = HeadLogits.apply(y, weight, logits)
+        return logits, torch.cat(self.lse, 1), y
 
 
 class LogitsCrossEntropy(torch.autograd.Function):
@@ -67,34 +69,74 @@ class LogitsCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, labels, valid, lse, denominator):
-        x = logits.to(lse.dtype)
-        picked = x.gather(-1, labels[:, None])[:, 0]
         ctx.save_for_backward(logits, labels, valid, lse, denominator)
-        return torch.where(valid, lse - picked, 0).sum() / denominator
+        return _loss(logits, labels, valid, lse, denominator)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         logits, labels, valid, lse, denominator = ctx.saved_tensors
-        d = torch.sub(logits.to(lse.dtype), lse[:, None]).exp_()
-        d.scatter_add_(-1, labels[:, None], torch.full_like(d[:, :1], -1))
-        d.mul_(torch.where(valid, grad / denominator, 0)[:, None])
-        return d.to(logits.dtype), None, None, None, None
+        return _logits_grad(logits, labels, lse, torch.where(valid, grad / denominator, 0)), None, None, None, None
+
+
+def _loss(logits, labels, valid, lse, denominator):
+    picked = logits.to(lse.dtype).gather(-1, labels[:, None])[:, 0]
+    return torch.where(valid, lse - picked, 0).sum() / denominator
+
+
+def _logits_grad(logits, labels, lse, scale):
+    """(softmax(logits) - onehot(labels)) * scale[:, None], in the logits' dtype; logits (n, V)."""
+    d = torch.sub(logits.to(lse.dtype), lse[:, None]).exp_()
+    d.scatter_add_(-1, labels[:, None], torch.full_like(d[:, :1], -1))
+    return d.mul_(scale[:, None]).to(logits.dtype)
+
+
+class HeadCrossEntropy(torch.autograd.Function):
+    """`LogitsCrossEntropy` of logits = y W^T (their value given), differentiated with respect to y (n, d) and W
+    (V, d): the loss gradient at the logits is formed `BLOCK_ELEMENTS` at a time and goes through the head at once."""
+
+    BLOCK_ELEMENTS = 1 << 23  # 32 MiB of float32 gradient per block
+
+    @staticmethod
+    def forward(ctx, y, weight, logits, labels, valid, lse, denominator):
+        ctx.save_for_backward(y, weight, logits, labels, valid, lse, denominator)
+        return _loss(logits, labels, valid, lse, denominator)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        y, weight, logits, labels, valid, lse, denominator = ctx.saved_tensors
+        scale = torch.where(valid, grad / denominator, 0)
+        rows = max(1, HeadCrossEntropy.BLOCK_ELEMENTS // logits.shape[-1])
+        g_y = torch.empty_like(y)
+        # float32 sums across blocks (one product over all rows accumulates in float32 inside the kernel)
+        g_w = torch.zeros(weight.shape, dtype=torch.promote_types(weight.dtype, torch.float32), device=weight.device)
+        for s in range(0, logits.shape[0], rows):
+            part = slice(s, s + rows)
+            d = _logits_grad(logits[part], labels[part], lse[part], scale[part]).to(weight.dtype)
+            g_y[part] = d @ weight
+            g_w.add_(d.mT @ y[part].to(weight.dtype))
+        return g_y, g_w.to(weight.dtype), None, None, None, None, None
 
 
 def causal_lm_loss(logits, labels, vocab_size: int, num_items_in_batch=None, ignore_index: int = -100,
-                   shift_labels=None, lse=None, **kwargs):
+                   shift_labels=None, lse=None, head=None, **kwargs):
     """Drop-in for `transformers.loss.loss_utils.ForCausalLMLoss` (same arguments, same value); `lse` (B, L) is the
-    log-sum-exp of `logits` over the vocabulary in float32 when the caller has it."""
+    log-sum-exp of `logits` over the vocabulary in float32 when the caller has it. With `head` = (y, W), the logits
+    are y W^T (y (B, L, d)) and the loss differentiates y and W directly (`HeadCrossEntropy`), not the logits."""
     if shift_labels is None:  # tokens < n predict n
         shift_labels = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
     x = logits.reshape(-1, vocab_size)
     y = shift_labels.reshape(-1).to(x.device)
     dtype = torch.promote_types(x.dtype, torch.float32)
-    lse = torch.logsumexp(x.to(dtype), -1) if lse is None else lse.reshape(-1).to(dtype)
+    lse = torch.logsumexp(x.detach().to(dtype), -1) if lse is None else lse.reshape(-1).to(dtype)  # no grad: unused
     valid = y != ignore_index
     if num_items_in_batch is None:
         denominator = valid.sum().to(dtype)
     else:
         denominator = torch.as_tensor(num_items_in_batch, device=x.device).to(dtype)
-    return LogitsCrossEntropy.apply(x, torch.where(valid, y, 0), valid, lse, denominator)
+    if head is None:
+        return LogitsCrossEntropy.apply(x, torch.where(valid, y, 0), valid, lse, denominator)
+    hidden, weight = head
+    return HeadCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, x.detach(), torch.where(valid, y, 0),
+                                  valid, lse, denominator)

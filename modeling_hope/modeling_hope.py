@@ -622,14 +622,15 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
                              teach_signal=teach_signal if self.config.in_context_levels else None)
         kept = rounds.output(self.lm_head.weight) if rounds is not None else None
         if kept is not None:
-            logits, lse = kept
+            logits, lse, y = kept
         else:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-            logits, lse = self.lm_head(outputs.last_hidden_state[:, keep]), None
+            y = outputs.last_hidden_state[:, keep]
+            logits, lse = self.lm_head(y), None
         loss = None
         if labels is not None:
             if self.loss_function is causal_lm_loss:
-                kwargs["lse"] = lse
+                kwargs.update(lse=lse, head=(y, self.lm_head.weight) if self.lm_head.bias is None else None)
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 from conftest import build, tiny_config
-from modeling_hope.lm_head import causal_lm_loss
+from modeling_hope.lm_head import HeadCrossEntropy, causal_lm_loss
 
 IN_CONTEXT = [{"intermediate_size": 16}, {"intermediate_size": 8, "period": 5, "lr": 0.1}]
 
@@ -98,3 +98,58 @@ def test_a_loss_function_set_by_the_user_is_used():
     ids = torch.randint(2, config.vocab_size, (1, 10), generator=torch.Generator().manual_seed(0))
     model(ids, labels=ids)
     assert seen == [{}]  # the rounds' log-sum-exp goes only to causal_lm_loss
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.bfloat16, 2e-2)])
+def test_head_cross_entropy_in_blocks_matches_head_then_loss(monkeypatch, dtype, tol):
+    """The loss differentiated through the head in blocks of rows (4 rows per block here, so 3 blocks and a short
+    one) gives the gradients of y W^T followed by transformers' loss, with ignored labels and num_items_in_batch."""
+    monkeypatch.setattr(HeadCrossEntropy, "BLOCK_ELEMENTS", 4 * 11)
+    gen = torch.Generator().manual_seed(1)
+    y0, w0 = torch.randn(2, 7, 5, generator=gen).to(dtype), torch.randn(11, 5, generator=gen).to(dtype)
+    labels = torch.randint(0, 11, (2, 7), generator=gen)
+    labels[0, 1:3] = -100
+    for kwargs in ({}, {"num_items_in_batch": torch.tensor(9)}):
+        results = []
+        for fused in (True, False):
+            y, w = y0.clone().requires_grad_(), w0.clone().requires_grad_()
+            logits = y @ w.T
+            if fused:
+                loss = causal_lm_loss(logits.detach(), labels, 11, head=(y, w), **kwargs)
+            else:  # cross-entropy in float32 at least, as transformers' loss
+                loss = _plain_loss(logits.to(torch.promote_types(dtype, torch.float32)), labels, 11, **kwargs)
+            loss.backward()
+            results.append((loss.detach(), y.grad, w.grad))
+        for got, ref in zip(*results):
+            assert got.dtype == ref.dtype
+            assert torch.allclose(got.double(), ref.double(), atol=tol, rtol=tol), kwargs
+
+
+def test_loss_and_logits_both_in_the_backward():
+    """The output logits keep their own graph: a loss that also uses them gets both gradients."""
+    config = tiny_config(cms_levels=IN_CONTEXT)
+    model = build(config, seed=5, dtype=torch.float64).train()
+    ids = torch.randint(2, config.vocab_size, (1, 10), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for shared in (True, False):
+        model.__dict__.pop("_loss_function", None)
+        if not shared:
+            model.loss_function = _plain_loss
+        out = model(ids, labels=ids, logits_to_keep=0 if shared else slice(None))
+        (out.loss + out.logits.square().mean()).backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+        model.zero_grad(set_to_none=True)
+    for name, g in grads[1].items():
+        assert torch.allclose(grads[0][name], g, atol=1e-12, rtol=0), name
+
+
+def test_static_levels_loss_through_the_head_matches_a_plain_head():
+    """Without in-context levels the head runs on the final hidden states, and the loss still goes through it."""
+    config = tiny_config()
+    assert not config.in_context_levels
+    model = build(config, seed=6, dtype=torch.float64).train()
+    ids = torch.randint(2, config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    shared, plain = (_run(model, ids, ids, flag) for flag in (True, False))
+    assert torch.allclose(shared[0], plain[0], atol=1e-12, rtol=0)
+    for name, g in plain[2].items():
+        assert torch.allclose(shared[2][name], g, atol=1e-12, rtol=0), name
