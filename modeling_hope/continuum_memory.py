@@ -8,6 +8,40 @@ through the teach signal `delta_t` (the loss gradient at the residual stream ent
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
+
+
+class SwiGLUFunction(torch.autograd.Function):
+    """out = (silu(g) * v) W_down^T with g = z W_gate^T, v = z W_up^T; weights (I, d) / (d, I), or per row (B, I, d) /
+    (B, d, I) with z (B, T, d). Autograd would keep silu(g) and the product besides g and v (two more (T, I) tensors
+    per level); this backward recomputes them. Returns (out, g, v); g and v carry no gradient."""
+
+    @staticmethod
+    def forward(ctx, z, gate, up, down):
+        g, v = z @ gate.mT, z @ up.mT
+        ctx.save_for_backward(z, gate, up, down, g, v)
+        ctx.mark_non_differentiable(g, v)
+        ctx.set_materialize_grads(False)  # no zero gradients for g and v
+        return (F.silu(g) * v) @ down.mT, g, v
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out, _g, _v):
+        z, gate, up, down, g, v = ctx.saved_tensors
+        s = torch.sigmoid(g)
+        silu_g = g * s
+        d_m = g_out @ down
+        d_v = d_m * silu_g
+        d_g = d_m.mul_(v).mul_(s * (1 + g * (1 - s)))  # silu'(g) = s (1 + g (1 - s))
+        d_z = d_g @ gate + d_v @ up
+        if gate.dim() == 2:  # shared weights: sum over every row and position
+            z, g_out, d_g, d_v, silu_g, v = (t.reshape(-1, t.shape[-1]) for t in (z, g_out, d_g, d_v, silu_g, v))
+        return d_z, d_g.mT @ z, d_v.mT @ z, g_out.mT @ (silu_g * v)
+
+
+def _plain_linears(*modules) -> bool:
+    """Exactly nn.Linear without bias (not an adapter or quantised layer that wraps one: those keep their forward)."""
+    return all(type(m) is nn.Linear and m.bias is None for m in modules)
 
 
 class SwiGLU(nn.Module):
@@ -20,6 +54,8 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, z):
+        if torch.is_grad_enabled() and _plain_linears(self.gate_proj, self.up_proj, self.down_proj):
+            return SwiGLUFunction.apply(z, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)[0]
         return self.down_proj(F.silu(self.gate_proj(z)) * self.up_proj(z))
 
 
@@ -28,6 +64,8 @@ WEIGHT_NAMES = ("gate", "up", "down")
 
 def swiglu_per_row(z, gate, up, down):
     """SwiGLU with per-row weights: z (B, T, d), gate/up (B, I, d), down (B, d, I). Returns (out, g, v)."""
+    if torch.is_grad_enabled():
+        return SwiGLUFunction.apply(z, gate, up, down)
     g, v = z @ gate.mT, z @ up.mT
     return (F.silu(g) * v) @ down.mT, g, v
 

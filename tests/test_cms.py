@@ -1,9 +1,11 @@
 """In-context CMS levels against an independent reference built from autograd (spec section 3)."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import build, tiny_config
+from modeling_hope.continuum_memory import SwiGLU, SwiGLUFunction
 
 PERIOD, LR = 4, 0.3
 
@@ -72,3 +74,38 @@ def test_teach_signal_equals_autograd():
     # 1e-8, not 1e-12: the norm computes in float32 (as Llama's does) even in a float64 model
     assert torch.allclose(got, expected, atol=1e-8, rtol=0), float((got - expected).abs().max())
     assert got[0, 1].abs().max() == 0 and got[1, 4].abs().max() == 0
+
+
+def _swiglu_reference(z, gate, up, down):
+    return (F.silu(z @ gate.mT) * (z @ up.mT)) @ down.mT
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_swiglu_function_gradients_equal_autograd(per_row):
+    """`SwiGLUFunction` (saves g and v only) against autograd through the plain expression, float64: shared weights
+    (a static level) and per-row weights expanded from shared ones (an in-context level's first round)."""
+    gen = torch.Generator().manual_seed(0)
+    B, T, d, I = 3, 7, 5, 6
+    z0 = torch.randn(B, T, d, generator=gen, dtype=torch.float64)
+    w0 = [torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in ((I, d), (I, d), (d, I))]
+    g_out = torch.randn(B, T, d, generator=gen, dtype=torch.float64)
+    results = []
+    for fn in (lambda *a: SwiGLUFunction.apply(*a)[0], _swiglu_reference):
+        z, *ws = (t.clone().requires_grad_() for t in (z0, *w0))
+        args = [w.expand(B, *w.shape) for w in ws] if per_row else ws
+        out = fn(z, *args)
+        out.backward(g_out)
+        results.append([out.detach(), z.grad, *(w.grad for w in ws)])
+    for got, ref in zip(*results):
+        assert torch.allclose(got, ref, atol=1e-12, rtol=0)
+
+
+def test_swiglu_module_keeps_a_wrapped_linear():
+    """A projection replaced by another module (an adapter, a quantised layer) keeps its own forward."""
+    mlp = SwiGLU(4, 6)
+    calls = []
+    wrapped = torch.nn.Sequential(mlp.up_proj)
+    wrapped.register_forward_hook(lambda *a: calls.append(1))
+    mlp.up_proj = wrapped
+    mlp(torch.randn(2, 3, 4)).sum().backward()
+    assert calls == [1]
