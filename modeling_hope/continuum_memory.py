@@ -19,6 +19,8 @@ class SwiGLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, gate, up, down):
         g, v = z @ gate.mT, z @ up.mT
+        device = z.device.type  # backward runs under the forward's autocast (as torch.amp.custom_bwd does)
+        ctx.autocast = device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
         ctx.save_for_backward(z, gate, up, down, g, v)
         ctx.mark_non_differentiable(g, v)
         ctx.set_materialize_grads(False)  # no zero gradients for g and v
@@ -27,7 +29,12 @@ class SwiGLUFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, _g, _v):
-        z, gate, up, down, g, v = ctx.saved_tensors
+        device, enabled, dtype = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            return SwiGLUFunction._backward(g_out, *ctx.saved_tensors)
+
+    @staticmethod
+    def _backward(g_out, z, gate, up, down, g, v):
         silu_g = F.silu(g)
         d_m = g_out @ down
         d_v = d_m * silu_g

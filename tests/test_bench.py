@@ -143,3 +143,20 @@ def test_models_are_built_in_the_requested_dtype():
     for name in ("hope", "llama"):
         model = build(name, "hope-5m", dtype=torch.bfloat16)
         assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_live_memory_script_counts_allocations(tmp_path):
+    """`bench/live_memory.py` at a short length: each model's peak of live tensors is positive, and chunk
+    recomputation (which keeps less of the chunk loop for backward) lowers HOPE's."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "live.json"
+    subprocess.run([sys.executable, str(root / "bench" / "live_memory.py"), "--length", "256", "--out", str(out)],
+                   check=True, capture_output=True, timeout=600)
+    figures = json.loads(out.read_text())
+    peaks = {name: r["peak_live_mib"] for name, r in figures["results"].items()}
+    assert all(p > 0 for p in peaks.values()) and peaks["hope_recompute"] < peaks["hope"]
+    assert figures["hope_over_llama"] == peaks["hope"] / peaks["llama"]

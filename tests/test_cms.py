@@ -109,3 +109,22 @@ def test_swiglu_module_keeps_a_wrapped_linear():
     mlp.up_proj = wrapped
     mlp(torch.randn(2, 3, 4)).sum().backward()
     assert calls == [1]
+
+
+def test_swiglu_under_autocast_matches_autograd():
+    """Under bf16 autocast (Accelerate's mixed precision) the backward runs with the forward's autocast state: the
+    gradients have the parameters' dtype and agree with autograd through the plain module."""
+    torch.manual_seed(0)
+    mlp = SwiGLU(8, 12)
+    z0 = torch.randn(2, 5, 8)
+    grads = []
+    for fused in (True, False):
+        z = z0.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = mlp(z) if fused else mlp.down_proj(F.silu(mlp.gate_proj(z)) * mlp.up_proj(z))
+        out.float().square().sum().backward()
+        grads.append([z.grad] + [p.grad for p in mlp.parameters()])
+        mlp.zero_grad(set_to_none=True)
+    for got, ref in zip(*grads):
+        assert got.dtype == ref.dtype == torch.float32
+        assert torch.allclose(got, ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
