@@ -12,6 +12,8 @@ in blocks of rows, dy = d W and dW = d^T y with d = d loss / d logits, so that d
 once (another 268 MB at 8192 tokens).
 """
 
+from typing import NamedTuple
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -33,34 +35,53 @@ class HeadLogits(torch.autograd.Function):
         return grad @ weight, grad.flatten(0, -2).mT @ y.flatten(0, -2), None
 
 
+class TeachProducts(NamedTuple):
+    """What the rounds' teach signal computed that the loss's backward needs: with d_t = softmax(logits_t) -
+    onehot(target_t) (zero where target_t = -100), `dy` = d W (B, L, d) and `dW` = sum_t d_t^T y_t (V, d), and the
+    targets (B, L). For positions whose loss label is their teach target, the loss gradient at y and W is these,
+    scaled (`HeadCrossEntropy`)."""
+
+    dy: torch.Tensor
+    dW: torch.Tensor
+    targets: torch.Tensor
+
+
 class RoundLogits:
     """The logits of consecutive rounds of positions written into one (B, length, V) tensor, with the rounds' norm
-    outputs y (for the head's backward) and log-sum-exp (for the loss)."""
+    outputs y (for the head's backward), log-sum-exp (for the loss) and teach-signal products (`TeachProducts`)."""
 
     def __init__(self, length: int):
-        self.length, self.logits, self.y, self.lse = length, None, [], []
+        self.length, self.logits, self.y, self.lse, self.dy, self.targets, self.dW = length, None, [], [], [], [], None
 
     @property
     def filled(self) -> int:
         return sum(y.shape[1] for y in self.y)
 
-    def add(self, y, logits, lse):
+    @torch.compiler.disable  # bookkeeping: in a compiled model a graph per round count would be recompiled
+    def add(self, y, logits, lse, teach: TeachProducts | None):
         if self.logits is None:
             self.logits = logits.new_empty(logits.shape[0], self.length, logits.shape[2])
         start = self.filled
         self.logits[:, start:start + logits.shape[1]] = logits
         self.y.append(y)
         self.lse.append(lse)
+        if teach is not None:
+            self.dy.append(teach.dy)
+            self.targets.append(teach.targets)
+            self.dW = teach.dW if self.dW is None else self.dW.add_(teach.dW)
 
     def output(self, weight):
-        """(logits, lse, y) of all positions once the rounds covered them, else None. The logits carry the head's
-        backward (`HeadLogits`) when grad is on."""
+        """(logits, lse, y, TeachProducts) of all positions once the rounds covered them, else None. The logits
+        carry the head's backward (`HeadLogits`) when grad is on."""
         if not self.y or self.filled != self.length:
             return None
         logits, y = self.logits, torch.cat(self.y, 1)
         if torch.is_grad_enabled():
             logits = HeadLogits.apply(y, weight, logits)
-        return logits, torch.cat(self.lse, 1), y
+        teach = None
+        if len(self.dy) == len(self.y):  # every round formed its products
+            teach = TeachProducts(torch.cat(self.dy, 1), self.dW, torch.cat(self.targets, 1))
+        return logits, torch.cat(self.lse, 1), y, teach
 
 
 class LogitsCrossEntropy(torch.autograd.Function):
@@ -93,37 +114,53 @@ def _logits_grad(logits, labels, lse, scale):
 
 class HeadCrossEntropy(torch.autograd.Function):
     """`LogitsCrossEntropy` of logits = y W^T (their value given), differentiated with respect to y (n, d) and W
-    (V, d): the loss gradient at the logits is formed `BLOCK_ELEMENTS` at a time and goes through the head at once."""
+    (V, d): the loss gradient at the logits is formed `BLOCK_ELEMENTS` at a time and goes through the head at once.
+    With the rounds' `TeachProducts` (flattened to n rows), the positions whose label is their teach target take
+    the scaled products instead (the loss gradient there is d_t / denominator), and only the others are formed here:
+    a round's last position (its target comes with the next round) and labels that differ from the next token."""
 
     BLOCK_ELEMENTS = 1 << 23  # 32 MiB of float32 gradient per block
 
     @staticmethod
-    def forward(ctx, y, weight, logits, labels, valid, lse, denominator):
-        ctx.save_for_backward(y, weight, logits, labels, valid, lse, denominator)
+    def forward(ctx, y, weight, logits, labels, valid, lse, denominator, teach_dy, teach_dw, teach_targets):
+        ctx.save_for_backward(y, weight, logits, labels, valid, lse, denominator, teach_dy, teach_dw, teach_targets)
         return _loss(logits, labels, valid, lse, denominator)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        y, weight, logits, labels, valid, lse, denominator = ctx.saved_tensors
-        scale = torch.where(valid, grad / denominator, 0)
-        rows = max(1, HeadCrossEntropy.BLOCK_ELEMENTS // logits.shape[-1])
-        g_y = torch.empty_like(y)
-        # float32 sums across blocks (one product over all rows accumulates in float32 inside the kernel)
-        g_w = torch.zeros(weight.shape, dtype=torch.promote_types(weight.dtype, torch.float32), device=weight.device)
-        for s in range(0, logits.shape[0], rows):
-            part = slice(s, s + rows)
-            d = _logits_grad(logits[part], labels[part], lse[part], scale[part]).to(weight.dtype)
-            g_y[part] = d @ weight
-            g_w.add_(d.mT @ y[part].to(weight.dtype))
-        return g_y, g_w.to(weight.dtype), None, None, None, None, None
+        y, weight, logits, labels, valid, lse, denominator, teach_dy, teach_dw, targets = ctx.saved_tensors
+        scale = grad / denominator
+        acc = torch.promote_types(weight.dtype, torch.float32)  # float32 sums across blocks and rows
+        if teach_dy.numel():
+            matched = valid & (targets == labels)
+            g_y = (teach_dy.to(acc) * torch.where(matched, scale, 0)[:, None]).to(y.dtype)
+            g_w = teach_dw.to(acc) * scale
+            # the products include positions that must not count (a teach target, but no label or another label)
+            # and miss labelled ones without that target: those rows are formed here
+            rows = {"add": (valid & ~matched).nonzero()[:, 0], "remove": ((targets != -100) & ~matched).nonzero()[:, 0]}
+        else:
+            g_y = torch.zeros_like(y)
+            g_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+            rows = {"add": torch.arange(len(labels), device=labels.device)}
+        block = max(1, HeadCrossEntropy.BLOCK_ELEMENTS // logits.shape[-1])
+        for kind, idx in rows.items():
+            for part in idx.split(block):
+                if kind == "add":
+                    d = _logits_grad(logits[part], labels[part], lse[part], torch.where(valid[part], scale, 0))
+                    g_y.index_add_(0, part, (d.to(weight.dtype) @ weight).to(y.dtype))
+                else:
+                    d = -_logits_grad(logits[part], targets[part], lse[part], scale.expand(len(part)))
+                g_w.add_(d.to(weight.dtype).mT @ y[part].to(weight.dtype))
+        return g_y, g_w.to(weight.dtype), None, None, None, None, None, None, None, None
 
 
 def causal_lm_loss(logits, labels, vocab_size: int, num_items_in_batch=None, ignore_index: int = -100,
                    shift_labels=None, lse=None, head=None, **kwargs):
     """Drop-in for `transformers.loss.loss_utils.ForCausalLMLoss` (same arguments, same value); `lse` (B, L) is the
     log-sum-exp of `logits` over the vocabulary in float32 when the caller has it. With `head` = (y, W), the logits
-    are y W^T (y (B, L, d)) and the loss differentiates y and W directly (`HeadCrossEntropy`), not the logits."""
+    are y W^T (y (B, L, d)) and the loss differentiates y and W directly (`HeadCrossEntropy`), not the logits; a
+    third entry, the rounds' `TeachProducts`, lets it reuse their products."""
     if shift_labels is None:  # tokens < n predict n
         shift_labels = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
     x = logits.reshape(-1, vocab_size)
@@ -137,6 +174,10 @@ def causal_lm_loss(logits, labels, vocab_size: int, num_items_in_batch=None, ign
         denominator = torch.as_tensor(num_items_in_batch, device=x.device).to(dtype)
     if head is None:
         return LogitsCrossEntropy.apply(x, torch.where(valid, y, 0), valid, lse, denominator)
-    hidden, weight = head
+    hidden, weight, *teach = head
+    if teach and teach[0] is not None and teach[0].targets.shape == shift_labels.shape:
+        dy, dw, targets = teach[0].dy.reshape(-1, hidden.shape[-1]), teach[0].dW, teach[0].targets.reshape(-1).to(y)
+    else:
+        dy, dw, targets = hidden.new_empty(0), weight.new_empty(0), y.new_empty(0)
     return HeadCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, x.detach(), torch.where(valid, y, 0),
-                                  valid, lse, denominator)
+                                  valid, lse, denominator, dy, dw, targets)

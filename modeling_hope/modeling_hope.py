@@ -19,7 +19,7 @@ from .cache_hope import HopeCache
 from .configuration_hope import HopeConfig
 from .continuum_memory import WEIGHT_NAMES, SwiGLU, swiglu_per_row, teach_gradients
 from .fast_weight_memory import MEMORY_SCANS, PROJECTION_SCANS, FastWeights, chunked_fused_scan
-from .lm_head import RoundLogits, causal_lm_loss
+from .lm_head import RoundLogits, TeachProducts, causal_lm_loss
 from .memory_triton import applies as kernel_applies
 from .memory_triton import fused_scan as kernel_fused_scan
 
@@ -562,13 +562,13 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         self.post_init()
 
     @torch.no_grad()
-    def _head_and_teach_signal(self, h, targets, keep: bool = False):
+    def _head_and_teach_signal(self, h, targets, keep: bool = False, products: bool = False):
         """logits = lm_head(norm(h)) and the teach signal delta_t = d CE(logits_t, target_t) / d h_t at each position
         (zero where target is -100), in closed form (no autograd graph: it runs once per round, and once per decoded
         token): dy = (softmax(logits) - onehot(target)) W_lm, and through y = w * h * r with r = 1/rms(h),
         delta = r (w dy) - h r^3 mean(h * w dy). With `keep`, also norm(h) in the autograd graph (when grad is on) and
-        the logits' log-sum-exp (float32), for `HeadLogits` and the loss. Returns (y or None, logits, lse or None,
-        delta)."""
+        the logits' log-sum-exp (float32), and with `products` the `TeachProducts` (for `HeadLogits` and the loss).
+        Returns (y or None, logits, lse or None, TeachProducts or None, delta)."""
         norm = self.model.norm
         y = None
         if keep:
@@ -585,12 +585,21 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         unused = targets == -100
         if bool(unused.any()):  # a few rows (each round's last position): no pass over all the logits
             dlogits[unused] = 0
-        g = (dlogits.to(self.lm_head.weight.dtype) @ self.lm_head.weight).to(dtype) * norm.weight.to(dtype)
-        return y, logits, lse, (r * g - hf * r.pow(3) * (hf * g).mean(-1, keepdim=True)).to(h.dtype)
+        weight = self.lm_head.weight
+        d = dlogits.to(weight.dtype)
+        dy = d @ weight
+        teach = None
+        if keep and products:  # the loss's backward takes these instead of forming the same products again
+            acc = torch.promote_types(weight.dtype, torch.float32)  # summed over the rounds: not in autocast's bf16
+            with torch.autocast(h.device.type, enabled=False):
+                dW = (d.flatten(0, -2).mT @ y.detach().to(weight.dtype).flatten(0, -2)).to(acc)
+            teach = TeachProducts(dy, dW, targets)
+        g = dy.to(dtype) * norm.weight.to(dtype)
+        return y, logits, lse, teach, (r * g - hf * r.pow(3) * (hf * g).mean(-1, keepdim=True)).to(h.dtype)
 
     def _teach_signal(self, h, targets):
         """The teach signal alone (see `_head_and_teach_signal`)."""
-        return self._head_and_teach_signal(h, targets)[3]
+        return self._head_and_teach_signal(h, targets)[-1]
 
     @property
     def loss_function(self):
@@ -611,18 +620,23 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         if self.config.in_context_levels and isinstance(logits_to_keep, int) and logits_to_keep == 0:
             rounds = RoundLogits((input_ids if input_ids is not None else inputs_embeds).shape[1])
 
+        # the loss will be differentiated through the head: the rounds form its products with their teach signal
+        products = labels is not None and torch.is_grad_enabled() and self.loss_function is causal_lm_loss
+
         def teach_signal(h, targets, whole_round=False):
-            y, logits, lse, delta = self._head_and_teach_signal(h, targets, rounds is not None and whole_round)
+            y, logits, lse, teach, delta = self._head_and_teach_signal(h, targets, rounds is not None and whole_round,
+                                                                       products)
             if y is not None:
-                rounds.add(y, logits, lse)
+                rounds.add(y, logits, lse, teach)
             return delta
 
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                              cache=cache if cache is not None else past_key_values, use_cache=use_cache,
                              teach_signal=teach_signal if self.config.in_context_levels else None)
         kept = rounds.output(self.lm_head.weight) if rounds is not None else None
+        teach = None
         if kept is not None:
-            logits, lse, y = kept
+            logits, lse, y, teach = kept
         else:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             y = outputs.last_hidden_state[:, keep]
@@ -630,7 +644,7 @@ class HopeForCausalLM(HopePreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             if self.loss_function is causal_lm_loss:
-                kwargs.update(lse=lse, head=(y, self.lm_head.weight) if self.lm_head.bias is None else None)
+                kwargs.update(lse=lse, head=(y, self.lm_head.weight, teach) if self.lm_head.bias is None else None)
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
 

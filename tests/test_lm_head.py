@@ -153,3 +153,31 @@ def test_static_levels_loss_through_the_head_matches_a_plain_head():
     assert torch.allclose(shared[0], plain[0], atol=1e-12, rtol=0)
     for name, g in plain[2].items():
         assert torch.allclose(shared[2][name], g, atol=1e-12, rtol=0), name
+
+
+@pytest.mark.parametrize("labels_of", ["shifted", "random"])
+def test_loss_reuses_the_rounds_products_and_matches_a_plain_head(monkeypatch, labels_of):
+    """With labels that are the input ids, the loss's backward forms only each round's last position (whose target
+    comes with the next round) and takes the rounds' products for the rest; labels that are not the next tokens
+    (here: random, or the ids shifted by one more) are formed, and the products of their teach targets removed.
+    Gradients equal a plain head's either way."""
+    import modeling_hope.lm_head as lm_head
+
+    config = tiny_config(cms_levels=IN_CONTEXT)
+    model = build(config, seed=7, dtype=torch.float64).train()
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(2, config.vocab_size, (2, 12), generator=gen)
+    labels = torch.randint(2, config.vocab_size, (2, 12), generator=gen) if labels_of == "random" else ids.roll(-1, 1)
+    formed = []
+    original = lm_head._logits_grad
+    monkeypatch.setattr(lm_head, "_logits_grad", lambda logits, *a: formed.append(len(logits)) or original(logits, *a))
+    for same in (True, False):  # the ids themselves as labels: only the rounds' last positions are formed
+        formed.clear()
+        shared, plain = (_run(model, ids, ids if same else labels, flag) for flag in (True, False))
+        assert torch.allclose(shared[0], plain[0], atol=1e-12, rtol=0)
+        for name, g in plain[2].items():
+            assert torch.allclose(shared[2][name], g, atol=1e-12, rtol=0), name
+        if same:  # rounds of 5: positions 4 and 9 per row (11 has no label)
+            assert sum(formed) == 2 * 2
+        else:  # every labelled position formed, and every position with a teach target removed
+            assert sum(formed) == 2 * 11 + 2 * 9
