@@ -55,12 +55,13 @@ def main():
         print(json.dumps(live_peak(model_name, args.preset, args.length, args.seed, overrides)))
         return
     from modeling_hope.bench.machine import code_version, describe
+    from modeling_hope.bench.peak_memory import child_env
 
     results = {}
     for name in RUNS:
         proc = subprocess.run([sys.executable, __file__, "--child", name, "--preset", args.preset, "--length",
                                str(args.length), "--seed", str(args.seed)], text=True, capture_output=True,
-                              check=True, env={**_env(), "OMP_NUM_THREADS": "1"})
+                              check=True, env=child_env(threads=1))
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{name}: peak live tensors {results[name]['peak_live_mib']:.0f} MiB", flush=True)
     out = {"method": __doc__.split("\n\n")[1].replace("\n", " "), "preset": args.preset, "length": args.length,
@@ -69,14 +70,6 @@ def main():
            "hope_recompute_over_llama": results["hope_recompute"]["peak_live_mib"] / results["llama"]["peak_live_mib"]}
     if args.out:
         args.out.write_text(json.dumps(out, indent=1) + "\n")
-
-
-def _env():
-    import os
-
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return env
 
 
 if __name__ == "__main__":

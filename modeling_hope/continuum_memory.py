@@ -11,6 +11,11 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 
+def _swiglu(z, gate, up, down):
+    g, v = z @ gate.mT, z @ up.mT
+    return (F.silu(g) * v) @ down.mT, g, v
+
+
 class SwiGLUFunction(torch.autograd.Function):
     """out = (silu(g) * v) W_down^T with g = z W_gate^T, v = z W_up^T; weights (I, d) / (d, I), or per row (B, I, d) /
     (B, d, I) with z (B, T, d). Autograd would keep silu(g) and the product besides g and v (two more (T, I) tensors
@@ -18,13 +23,13 @@ class SwiGLUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, gate, up, down):
-        g, v = z @ gate.mT, z @ up.mT
+        out, g, v = _swiglu(z, gate, up, down)
         device = z.device.type  # backward runs under the forward's autocast (as torch.amp.custom_bwd does)
         ctx.autocast = device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
         ctx.save_for_backward(z, gate, up, down, g, v)
         ctx.mark_non_differentiable(g, v)
         ctx.set_materialize_grads(False)  # no zero gradients for g and v
-        return (F.silu(g) * v) @ down.mT, g, v
+        return out, g, v
 
     @staticmethod
     @once_differentiable
@@ -70,10 +75,7 @@ WEIGHT_NAMES = ("gate", "up", "down")
 
 def swiglu_per_row(z, gate, up, down):
     """SwiGLU with per-row weights: z (B, T, d), gate/up (B, I, d), down (B, d, I). Returns (out, g, v)."""
-    if torch.is_grad_enabled():
-        return SwiGLUFunction.apply(z, gate, up, down)
-    g, v = z @ gate.mT, z @ up.mT
-    return (F.silu(g) * v) @ down.mT, g, v
+    return (SwiGLUFunction.apply if torch.is_grad_enabled() else _swiglu)(z, gate, up, down)
 
 
 def teach_gradients(z, g, v, down, delta):

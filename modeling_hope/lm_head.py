@@ -136,22 +136,21 @@ class HeadCrossEntropy(torch.autograd.Function):
             matched = valid & (targets == labels)
             g_y = (teach_dy.to(acc) * torch.where(matched, scale, 0)[:, None]).to(y.dtype)
             g_w = teach_dw.to(acc) * scale
-            # the products include positions that must not count (a teach target, but no label or another label)
-            # and miss labelled ones without that target: those rows are formed here
-            rows = {"add": (valid & ~matched).nonzero()[:, 0], "remove": ((targets != -100) & ~matched).nonzero()[:, 0]}
+            # the products count positions that must not (a teach target, but no label or another label)
+            remove = ((targets != -100) & ~matched).nonzero()[:, 0]
         else:
+            matched = torch.zeros_like(valid)
             g_y = torch.zeros_like(y)
             g_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
-            rows = {"add": torch.arange(len(labels), device=labels.device)}
+            remove = matched.nonzero()[:, 0]
         block = max(1, HeadCrossEntropy.BLOCK_ELEMENTS // logits.shape[-1])
-        for kind, idx in rows.items():
-            for part in idx.split(block):
-                if kind == "add":
-                    d = _logits_grad(logits[part], labels[part], lse[part], torch.where(valid[part], scale, 0))
-                    g_y.index_add_(0, part, (d.to(weight.dtype) @ weight).to(y.dtype))
-                else:
-                    d = -_logits_grad(logits[part], targets[part], lse[part], scale.expand(len(part)))
-                g_w.add_(d.to(weight.dtype).mT @ y[part].to(weight.dtype))
+        for part in (valid & ~matched).nonzero()[:, 0].split(block):  # labelled rows the products miss
+            d = _logits_grad(logits[part], labels[part], lse[part], scale.expand(len(part))).to(weight.dtype)
+            g_y.index_add_(0, part, (d @ weight).to(y.dtype))
+            g_w.add_(d.mT @ y[part].to(weight.dtype))
+        for part in remove.split(block):
+            d = _logits_grad(logits[part], targets[part], lse[part], -scale.expand(len(part))).to(weight.dtype)
+            g_w.add_(d.mT @ y[part].to(weight.dtype))
         return g_y, g_w.to(weight.dtype), None, None, None, None, None, None, None, None
 
 

@@ -131,15 +131,22 @@ def measure_here(model_name: str, preset: str, mode: str, batch: int, length: in
             "high_water_mark": "VmHWM after clear_refs" if exact else "ru_maxrss (lower bound)"}
 
 
-def measure(model_name: str, preset: str, mode: str, batch: int, length: int, seed: int = 0,
-            threads: int | None = None, timeout: float | None = None, overrides: dict | None = None,
-            checkpointing: bool = False, dtype: str = "float32") -> dict:
-    """Runs one measurement in a fresh interpreter and returns its figures (or {'error': ...})."""
+def child_env(threads: int | None = None) -> dict:
+    """This process's environment for a child interpreter: the repository root first on PYTHONPATH, and
+    OMP_NUM_THREADS when `threads` is given."""
     root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def measure(model_name: str, preset: str, mode: str, batch: int, length: int, seed: int = 0,
+            threads: int | None = None, timeout: float | None = None, overrides: dict | None = None,
+            checkpointing: bool = False, dtype: str = "float32") -> dict:
+    """Runs one measurement in a fresh interpreter and returns its figures (or {'error': ...})."""
+    env = child_env(threads)
     args = [sys.executable, "-m", "modeling_hope.bench.peak_memory", json.dumps(
         {"model_name": model_name, "preset": preset, "mode": mode, "batch": batch, "length": length, "seed": seed,
          "overrides": overrides, "checkpointing": checkpointing, "dtype": dtype})]
