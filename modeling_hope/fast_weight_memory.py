@@ -96,22 +96,28 @@ def chunk_coefficients(eta, log_alpha, log_beta, active):
     active: (B, 1, C) float. Returns A (B,G,C), c (B,G,C), G (B,G,C,C), beta_C (B,G,1,1) or None, s (B,G,C) or None.
     A dim of n chunks may follow G (eta (B, G, n, C), active (B, 1, n, C)): n chunks' coefficients at once.
     """
-    C = eta.shape[-1]
-    causal = torch.ones(C, C, dtype=torch.bool, device=eta.device).tril()
     log_A = log_alpha.cumsum(-1)
-    decay = torch.exp((log_A[..., :, None] - log_A[..., None, :]).masked_fill(~causal, float("-inf")))
+    decay = _causal_exp(log_A[..., :, None] - log_A[..., None, :])
     if log_beta is None:
         gamma = decay * active[..., None, :]
         c = torch.zeros_like(log_A)
         beta_end = s_end = None
     else:
         log_B = active.cumsum(-1) * log_beta.view(-1, *([1] * (eta.dim() - 2)))  # (B, G, C): log beta^{n_m}
-        mom = torch.exp((log_B[..., :, None] - log_B[..., None, :]).masked_fill(~causal, float("-inf")))
+        mom = _causal_exp(log_B[..., :, None] - log_B[..., None, :])
         gamma = decay @ (mom * active[..., :, None])
         c = (decay @ (active * log_B.exp())[..., None]).squeeze(-1)
         beta_end = log_B[..., -1, None, None].exp()
         s_end = mom[..., -1, :] * eta
     return log_A.exp(), c, gamma * eta[..., None, :], beta_end, s_end
+
+
+def _causal_exp(x):
+    """exp(x) on and below the diagonal, 0 above, for x <= 0 there (differences of non-increasing log-decay sums, in
+    float as in exact arithmetic): the triangle taken after the exp of min(x, 0). The usual mask, exp of -inf above
+    the diagonal, takes a slower path of exp on the CPU (about 3x an ordinary exp at these shapes); the values and
+    the gradients are the same."""
+    return x.clamp_max(0).exp().tril()
 
 
 def slot_coefficients(eta, log_alpha, log_beta, active):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling_hope.continuum_memory import swiglu_per_row, teach_gradients
-from modeling_hope.fast_weight_memory import (FastWeights, chunked_fused_scan, chunked_memory_scan,
+from modeling_hope.fast_weight_memory import (FastWeights, _causal_exp, chunked_fused_scan, chunked_memory_scan,
                                               chunked_projection_scan, coefficients_for, naive_memory_scan,
                                               naive_projection_scan, piece_coefficients)
 
@@ -188,3 +188,27 @@ def test_piece_coefficients_equal_each_piece_alone(momentum):
             assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-14, rtol=0))
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("decay", ["random", "none", "strong"])
+def test_causal_exp_equals_masked_exp(dtype, decay):
+    """The decay matrices' exp (clamp, exp, lower triangle) against exp with -inf above the diagonal: the same
+    values and gradients, bit for bit, for differences of cumulative log-decays (no decay: all zeros; strong: values
+    that underflow), with no-op slots."""
+    gen = torch.Generator().manual_seed(3)
+    C = 16
+    log_alpha = {"random": torch.log(0.5 + 0.5 * torch.rand(2, 3, C, generator=gen)),
+                 "none": torch.zeros(2, 3, C), "strong": -60 * torch.rand(2, 3, C, generator=gen)}[decay].to(dtype)
+    log_alpha[1, :, -3:] = 0  # no-op slots
+    weights = torch.randn(2, 3, C, C, generator=gen, dtype=dtype)
+    causal = torch.ones(C, C, dtype=torch.bool).tril()
+    results = []
+    for fast in (True, False):
+        leaf = log_alpha.clone().requires_grad_()
+        log_A = leaf.cumsum(-1)
+        x = log_A[..., :, None] - log_A[..., None, :]
+        out = _causal_exp(x) if fast else torch.exp(x.masked_fill(~causal, float("-inf")))
+        results.append((out, torch.autograd.grad((out * weights).sum(), leaf)[0]))
+    (out, grad), (want, want_grad) = results
+    assert torch.equal(out, want) and torch.equal(grad, want_grad)
