@@ -168,15 +168,20 @@ def chunk_step(state: FastWeights, keys, values, coefficients, complete, act, dg
     """One chunk for a group of memories (B, G, ...): rank-one inner updates at the chunk-start weights, the
     dual-form read `o_j = q_j + W1_j act(W2_j q_j)` (W_j including tokens up to j) when `queries` is given, and the
     end state. `coefficients`: the chunk's `coefficients_for`. `complete` (B,) (or one bool for all rows) marks rows
-    whose chunk ends here, so their next chunk is evaluated at the new weights."""
+    whose chunk ends here, so their next chunk is evaluated at the new weights. Keys, values and coefficients may be
+    per head (B, H, ...), shared by the G / H memories of each head (groups ordered memory-major, as
+    `_expand_groups` repeats them); queries (one reading memory per group) only with G = H."""
+    B, G = state.W1.shape[:2]
+    H = keys.shape[1]
     if keys.shape[-2] == 1:  # one slot: its weights W_1 are the end state's, cheaper to read than the dual form
+        keys, values, *coefficients = (None if t is None else _expand_groups(t, G)
+                                       for t in (keys, values, *coefficients))
         new = end_state(state, inner_update_factors(keys, values, state.W1_eval, state.W2_eval, act, dgd,
                                                     self_generated), coefficients, complete)
         return (None if queries is None else memory_read(queries, new.W1, new.W2, act)), new
-    B, G = state.W1.shape[:2]
     flat = [None if t is None else t.flatten(0, 1) for t in (keys, values, queries, *coefficients)]
     new, out = chunk_update_read(FastWeights(*(t.flatten(0, 1) for t in state)), *flat[:3], flat[3:], act, dgd,
-                                 self_generated, (1, G))
+                                 self_generated, (G // H, H))
     new = with_eval(state, *(t.unflatten(0, (B, G)) for t in new), complete)
     return (None if out is None else out.unflatten(0, (B, G))), new
 
@@ -235,7 +240,8 @@ def chunked_projection_scan(state, inputs, adaptive, produce, log_beta, mask, co
     """Projection memories: inputs (B, P, H, T, d) for the boxes k, v, eta, alpha; the boxes flagged in `adaptive`
     pass through their memory (at chunk-start weights), the others are read as they are. `produce(outputs)` maps the
     boxes' outputs to (keys, values (B,H,T,d), eta, log_alpha (B,H,T)). The adaptive memories then learn on
-    (k_t, M(v_t)). Returns produce's four tensors for all T tokens and the new state."""
+    (k_t, M(v_t)). The state's groups are (memory, head) flattened; log_beta (H,) is per head, as eta and alpha are.
+    Returns produce's four tensors for all T tokens and the new state."""
     T = inputs.shape[3]
     state = _restart_at_boundary(state, counts, chunk)
     grid = slot_grid(counts, mask.sum(-1), chunk, mask.shape[1])
@@ -344,13 +350,12 @@ def read_boxes(u, W1, W2, adaptive, act):
 
 def projection_chunk_step(state, u, active_c, complete, adaptive, produce, log_beta, act, dgd, self_generated,
                           lr_scale):
-    """One chunk of `chunked_projection_scan`: the boxes' outputs at the chunk-start weights, then the updates."""
-    G = state.W1.shape[1]
+    """One chunk of `chunked_projection_scan`: the boxes' outputs at the chunk-start weights, then the updates. The
+    memories of a head share its keys, values and coefficients (computed once per head, repeated inside the chunk)."""
     keys, values, eta, log_alpha = produced = produce(read_boxes(u, state.W1_eval, state.W2_eval, adaptive, act))
     act_f, eta_c, la_c = _masked_chunk_inputs(active_c, eta * lr_scale, log_alpha)
-    k_g, v_g = _expand_groups(keys, G), _expand_groups(values, G)
-    coefficients = coefficients_for(_expand_groups(eta_c, G), _expand_groups(la_c, G), log_beta, act_f)
-    _, state = chunk_step(state, k_g, v_g, coefficients, complete, act, dgd, self_generated)
+    coefficients = coefficients_for(eta_c, la_c, log_beta, act_f)
+    _, state = chunk_step(state, keys, values, coefficients, complete, act, dgd, self_generated)
     return produced, state
 
 
@@ -461,7 +466,7 @@ def naive_projection_scan(state, inputs, adaptive, produce, log_beta, mask, coun
     """Reference for `chunked_projection_scan`, one token at a time."""
     B, P, H, T, d = inputs.shape
     sel = torch.tensor(adaptive, device=inputs.device)
-    beta = None if log_beta is None else log_beta.exp()
+    beta = None if log_beta is None else log_beta.repeat(state.W1.shape[1] // H).exp()  # per head -> per group
     state = _restart_at_boundary(state, counts, chunk)
     results, rows = [], []
     for b in range(B):

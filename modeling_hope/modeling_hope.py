@@ -166,8 +166,8 @@ class HopeMemoryMixer(nn.Module):
         if n:
             proj = FastWeights(*(t[:, :n].flatten(1, 2) for t in memory))
             *produced, proj = PROJECTION_SCANS[cfg.memory_impl](
-                proj, inputs, self.adaptive, self._produce, None if log_beta is None else log_beta.repeat(n),
-                mask, counts, cfg.projection_chunk_size, lr_scale=1.0 / cfg.projection_chunk_size, **common)
+                proj, inputs, self.adaptive, self._produce, log_beta, mask, counts, cfg.projection_chunk_size,
+                lr_scale=1.0 / cfg.projection_chunk_size, **common)
         else:
             produced = self._produce(inputs)
         keys, values, eta, log_alpha = produced

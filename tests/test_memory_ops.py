@@ -84,7 +84,7 @@ def test_projection_scan_matches_naive(adaptive, chunk, recompute):
     G = sum(adaptive) * H
     state = leaves(*random_state(G, chunk, gen))
     inputs, = leaves(0.5 * torch.randn(B, 4, H, T, d, generator=gen))
-    log_beta, = leaves(torch.log(0.9 * torch.rand(G, generator=gen)))
+    log_beta, = leaves(torch.log(0.9 * torch.rand(H, generator=gen)))  # per head, shared by its memories
     results = []
     for scan in (partial(chunked_projection_scan, recompute=recompute), naive_projection_scan):
         *produced, new = scan(FastWeights(*state), inputs, adaptive, produce, log_beta, mask, COUNTS, chunk, "silu", 1.0, True)
@@ -118,8 +118,7 @@ def test_fused_scan_matches_naive_projection_then_memory(adaptive, momentum, rec
     if n:
         proj = FastWeights(*(t[:, :n].flatten(1, 2) for t in state))
         keys, values, eta, log_alpha, proj_new = naive_projection_scan(
-            proj, inputs, adaptive, produce, None if log_beta is None else log_beta.repeat(n), mask, COUNTS, chunk,
-            "silu", 1.0, True, lr_scale=0.5)
+            proj, inputs, adaptive, produce, log_beta, mask, COUNTS, chunk, "silu", 1.0, True, lr_scale=0.5)
     else:
         keys, values, eta, log_alpha = produce(inputs)
     ref, mem_new = naive_memory_scan(FastWeights(*(t[:, -1] for t in state)), q, keys, values, eta, log_alpha, log_beta,

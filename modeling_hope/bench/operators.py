@@ -82,7 +82,7 @@ def _runner(op: str, config, length: int, seed: int, impl: str, device="cpu", dt
     C = config.projection_chunk_size
     scan = chunked_projection_scan if impl != "naive" else naive_projection_scan
     state = FastWeights(*(t[:, :n].flatten(1, 2) for t in memory))
-    return lambda: scan(state, boxes, mixer.adaptive, mixer._produce, log_beta.repeat(n), mask, counts, C,
+    return lambda: scan(state, boxes, mixer.adaptive, mixer._produce, log_beta, mask, counts, C,
                         lr_scale=1.0 / C, **common)
 
 
