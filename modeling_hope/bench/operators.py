@@ -5,7 +5,8 @@ chunk sizes agree; its naive reference is the two naive scans in turn), also as 
 (`memory_triton.fused_scan`) where it runs (a GPU with Triton). Forward only, under torch.no_grad (the naive reference
 still takes each token's inner gradient with autograd, as it must). Inputs come from a real HopeMemoryMixer's initial
 state and its own `_produce`; the naive reference walks the tokens one by one, so its cost per token does not depend on
-the length: where it is timed on fewer tokens than the chunked operator, tokens/s are compared."""
+the length: where it is timed on fewer tokens than the chunked operator, tokens/s are compared. Each variant's figure
+is its best of `repeats`, all variants (the naive one included) timed in turn within each repeat."""
 
 import copy
 
@@ -18,7 +19,7 @@ from ..memory_triton import applies as kernel_applies
 from ..memory_triton import fused_scan as kernel_fused_scan
 from ..modeling_hope import HopeMemoryMixer
 from ..presets import hope_config
-from .timing import now
+from .timing import interleaved, now
 
 OPERATORS = ("memory", "projection", "fused")
 
@@ -93,8 +94,8 @@ def _seconds(fn) -> float:
     return now() - start
 
 
-def run(preset: str, length: int, naive_length: int, repeats: int, naive_repeats: int = 1, seed: int = 0,
-        operators=OPERATORS, log=print, device="cpu", dtype=torch.float32) -> dict:
+def run(preset: str, length: int, naive_length: int, repeats: int, seed: int = 0, operators=OPERATORS, log=print,
+        device="cpu", dtype=torch.float32) -> dict:
     config = hope_config(preset)
     results, skipped = {}, []
     if "fused" in operators and config.memory_chunk_size != config.projection_chunk_size:
@@ -104,16 +105,20 @@ def run(preset: str, length: int, naive_length: int, repeats: int, naive_repeats
         kernel = kernel_applies(torch.empty(0, device=device), 1, 1)
     for op in operators:
         entry = {}
-        impls = [("chunked", length, repeats), ("chunked", naive_length, repeats), ("compiled", length, repeats),
-                 ("naive", naive_length, naive_repeats)]
+        impls = [("chunked", length), ("chunked", naive_length), ("compiled", length), ("naive", naive_length)]
         if op == "fused" and kernel:
-            impls.insert(3, ("kernel", length, repeats))
-        for impl, n, reps in impls:
-            fn = _runner(op, config, n, seed, impl, device, dtype)
+            impls.insert(3, ("kernel", length))
+        runners = {}
+        for impl, n in impls:
+            runners[impl, n] = fn = _runner(op, config, n, seed, impl, device, dtype)
             if impl != "naive":
                 _seconds(fn)  # warm-up (and the compilation)
-            best = min(_seconds(fn) for _ in range(reps))
-            entry.setdefault(impl, {})[str(n)] = {"seconds": best, "tokens_per_second": n / best}
+        # every variant once per repeat, in turn: a slow moment of a shared machine hits both sides of a ratio, where
+        # timing the naive reference once after the others made single runs' ratios move by 1.5x
+        times = interleaved({key: (lambda fn=fn: _seconds(fn)) for key, fn in runners.items()}, repeats)
+        for (impl, n), seconds in times.items():
+            entry.setdefault(impl, {})[str(n)] = {"seconds": min(seconds), "tokens_per_second": n / min(seconds),
+                                                  "all_seconds": seconds}
         chunked, naive = entry["chunked"], entry["naive"][str(naive_length)]
         entry["speedup_at_length"] = chunked[str(length)]["tokens_per_second"] / naive["tokens_per_second"]
         entry["speedup_same_shape"] = chunked[str(naive_length)]["tokens_per_second"] / naive["tokens_per_second"]
