@@ -34,6 +34,7 @@ def numbers(obj):
 def test_every_section_with_finite_figures(quick_run):
     results, out = quick_run
     assert out.with_suffix(".png").stat().st_size > 10_000
+    assert results["settings"]["isolate"]  # the timed sections' figures came back from their child processes
     assert results["non_finite"] == []
     for key in ("platform", "cpu", "torch", "torch_threads"):
         assert results["machine"][key]
@@ -130,11 +131,38 @@ def test_a_failing_section_is_recorded_and_the_run_fails(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(training, "run", broken)
     out = tmp_path / "run.json"
-    assert hope_main(["bench", "--quick", "--sections", "train", "cache_size", "--no-plot", "--out", str(out)]) == 1
+    argv = ["bench", "--quick", "--no-isolate", "--sections", "train", "cache_size", "--no-plot", "--out", str(out)]
+    assert hope_main(argv) == 1
     results = json.loads(out.read_text())
     assert results["sections"]["train"] == {"error": "RuntimeError: planted failure"}
     assert results["errors"] == [{"section": "train", "error": "RuntimeError: planted failure"}]
     assert results["sections"]["cache_size"]["per_sequence"]  # the sections after it still ran
+
+
+def test_a_child_process_that_dies_is_recorded_and_the_run_fails(tmp_path, monkeypatch):
+    import sys
+
+    from modeling_hope.bench import cli
+
+    commands, real_command = [], cli.child_command
+
+    def dying_child(argv, name, out, budget):
+        commands.append((name, real_command(argv, name, out, budget)))
+        return [sys.executable, "-c", "import sys; sys.exit(3)"]
+
+    monkeypatch.setattr(cli, "child_command", dying_child)
+    out = tmp_path / "run.json"
+    assert hope_main(["bench", "--quick", "--sections", "prefill", "cache_size", "--no-plot", "--out", str(out)]) == 1
+    results = json.loads(out.read_text())
+    error = "the child process running section 'prefill' exited with code 3 without its results"
+    assert results["sections"]["prefill"] == {"error": error}
+    assert results["errors"] == [{"section": "prefill", "error": error}]
+    assert results["sections"]["cache_size"]["per_sequence"]  # untimed: run in the parent
+    # only the timed section went to a child, which would run it alone in this process
+    [(name, command)] = commands
+    assert name == "prefill" and command[1:3] == ["-m", "modeling_hope.bench.cli"]
+    last = len(command) - 1 - command[::-1].index("--sections")  # argparse keeps an option's last value
+    assert command[last + 1:last + 3] == ["prefill", "--no-isolate"]
 
 
 def test_models_are_built_in_the_requested_dtype():

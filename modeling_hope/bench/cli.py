@@ -7,13 +7,16 @@ Sections: train (forward+backward tokens/s), prefill (tokens/s), decode (ms/toke
 RSS of one step, fresh child process each), cache_size (state bytes per sequence, paper presets), operators (chunked
 memory scans against their naive references), naive_model (the whole model with naive memories, forward+backward,
 at a short length), compile (torch.compile with the compiled chunk step against eager: training and decoding).
-A section left out, or a length skipped, is recorded under "skipped" with the reason."""
+Each timed section runs in a fresh child process (`--no-isolate`: all in this one). A section left out, or a length
+skipped, is recorded under "skipped" with the reason."""
 
 import argparse
 import json
 import math
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +27,10 @@ from .models import MODELS, build, describe
 from .timing import free_memory
 
 SECTIONS = ("train", "prefill", "decode", "cache_size", "memory", "operators", "naive_model", "compile")  # in order
+# timed in a child process each: a section's figures then do not depend on what ran before it in the process (after
+# the training section's 8192-token steps, the same decoding and operator code measured up to 1.6x slower: the heap
+# and its page faults, not the code). cache_size times nothing; memory starts a child per measurement itself.
+ISOLATED = ("train", "prefill", "decode", "operators", "naive_model", "compile")
 QUICK = dict(train_lengths=[32, 64], decode_contexts=[32, 96], decode_steps=3, prefill_chunk=64, repeats=2,
              operator_len=64, naive_len=16, memory_lengths=[64], memory_modes=["train"], naive_model_len=4,
              compile_length=32, compile_context=32, compile_backend="aot_eager")
@@ -82,6 +89,10 @@ def parse_args(argv):
     p.add_argument("--memory-kernel", default="auto", choices=["auto", "torch"],
                    help="HOPE's memory_kernel: auto runs no-grad calls (prefill, decoding) through the fused Triton "
                         "kernel where it applies (a GPU with Triton), torch always the PyTorch chunk loop")
+    p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
+                   help="run each timed section (%s) in a fresh child process that builds the models again from "
+                        "--seed (default); --no-isolate runs every section in this process" % ", ".join(ISOLATED))
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # a section's child: no summary lines
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny lengths: a smoke run of every section in seconds")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/hope_bench_cpu.json, or "
@@ -125,14 +136,40 @@ def _write(results, path):
     os.replace(tmp, path)
 
 
+def child_command(argv, name: str, out: str, budget: float) -> list:
+    """The command line that runs section `name` alone in a child process (the parent's options, later ones
+    overriding), writing its results to `out`."""
+    return [sys.executable, "-m", "modeling_hope.bench.cli", *argv, "--sections", name, "--no-isolate", "--child", "--no-plot",
+            "--out", out, "--budget", f"{max(budget, 0.0):.1f}"]
+
+
+def run_child(argv, name: str, budget: float, log) -> dict:
+    """Section `name` in a fresh process: {"section", "skipped", "errors"} from the child's JSON, or the child's
+    failure as the section's error."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, f"{name}.json")
+        proc = subprocess.run(child_command(argv, name, out, budget))
+        child = json.loads(Path(out).read_text()) if os.path.exists(out) else {}
+    skipped = [s for s in child.get("skipped", []) if s.get("reason") != "not in --sections"]
+    if name in child.get("sections", {}):
+        return {"section": child["sections"][name], "skipped": skipped, "errors": child["errors"]}
+    if skipped:  # over the budget
+        return {"section": None, "skipped": skipped, "errors": []}
+    error = {"error": f"the child process running section {name!r} exited with code {proc.returncode} "
+                      "without its results"}
+    log(f"section {name} failed: {error['error']}")
+    return {"section": error, "skipped": [], "errors": [{"section": name, **error}]}
+
+
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     started = time.perf_counter()
-    results = {"schema": "hope-bench/1", "command": "hope bench " + " ".join(sys.argv[1:] if argv is None else argv),
-               "settings": {k: v for k, v in vars(args).items() if k not in ("out", "plot", "no_plot")},
+    results = {"schema": "hope-bench/1", "command": "hope bench " + " ".join(argv),
+               "settings": {k: v for k, v in vars(args).items() if k not in ("out", "plot", "no_plot", "child")},
                "machine": machine.describe(args.device), "code": machine.code_version(),
                "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "sections": {}, "skipped": [], "errors": [], "section_seconds": {}}
@@ -147,11 +184,13 @@ def main(argv=None) -> int:
     fast_weight_memory.COMPILE_BACKEND = args.compile_backend
     max_context = max([*args.decode_contexts, *args.train_lengths, *args.prefill_lengths])
     dtype = getattr(torch, args.dtype)
-    models = {name: build(name, args.preset, args.seed, max_context, args.device, dtype,
+    # isolated, this process only describes the models (on the meta device: no memory) and runs the untimed sections
+    models = {name: build(name, args.preset, args.seed, max_context, "meta" if args.isolate else args.device, dtype,
                           memory_kernel=args.memory_kernel) for name in MODELS}
     results["models"] = describe(models)
     sections = results["sections"]
-    log(f"hope bench: {args.preset} ({results['models']['hope']['parameters'] / 1e6:.2f}M) vs Llama twin "
+    say = (lambda msg: None) if args.child else log
+    say(f"hope bench: {args.preset} ({results['models']['hope']['parameters'] / 1e6:.2f}M) vs Llama twin "
         f"({results['models']['llama']['parameters'] / 1e6:.2f}M), {torch.get_num_threads()} threads")
 
     deadline = started + args.budget
@@ -163,6 +202,15 @@ def main(argv=None) -> int:
             results["skipped"].append({"section": name, "reason": f"--budget {args.budget:.0f} s spent"})
             return
         t0 = time.perf_counter()
+        if args.isolate and name in ISOLATED:
+            child = run_child(argv, name, deadline - t0, log)
+            results["skipped"] += child["skipped"]
+            results["errors"] += child["errors"]
+            if child["section"] is not None:
+                sections[name] = child["section"]
+                results["section_seconds"][name] = time.perf_counter() - t0
+            _write(results, args.out)
+            return
         try:
             sections[name] = fn()
         except Exception as e:  # one broken section (a GPU out of memory, say) is recorded; the others still run
@@ -209,7 +257,11 @@ def main(argv=None) -> int:
         from .plot import draw
 
         draw(results, args.plot)
-    log(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else "") + f" in {results['elapsed_seconds']:.0f} s")
+    say(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else "") + f" in {results['elapsed_seconds']:.0f} s")
     for name, t in results["targets"].items():
-        log(f"  target {name}: {t}")
+        say(f"  target {name}: {t}")
     return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
