@@ -188,3 +188,20 @@ def test_live_memory_script_counts_allocations(tmp_path):
     peaks = {name: r["peak_live_mib"] for name, r in figures["results"].items()}
     assert all(p > 0 for p in peaks.values()) and peaks["hope_recompute"] < peaks["hope"]
     assert figures["hope_over_llama"] == peaks["hope"] / peaks["llama"]
+
+
+def test_decode_section_warms_each_model_with_a_prefill_before_timing(one_thread):
+    from modeling_hope.bench import decode
+    from modeling_hope.bench.models import build
+
+    models = {"hope": build("hope", "hope-5m", max_context=64), "llama": build("llama", "hope-5m", max_context=64)}
+    calls = {name: [] for name in models}
+    for name, model in models.items():
+        model.register_forward_pre_hook(lambda m, args, kwargs, n=name: calls[n].append(
+            (kwargs.get("input_ids", args[0] if args else None)).shape[1]), with_kwargs=True)
+    result = decode.run(models, [16, 32], 2, 8192, None, log=lambda msg: None, block=1, warm_prefill=24)
+    for name in models:
+        assert calls[name][0] == 24  # the untimed prefill, before any context
+        assert 1 in calls[name][1:]  # then the decoding
+    assert sorted(set(calls["llama"][1:])) == [1, 16, 32]  # each context prefilled in one call, then tokens
+    assert result["method"].startswith("an untimed prefill of 24 tokens per model")
