@@ -8,7 +8,9 @@ OLD=${OLD:-old_tree}
 . bench/gpu_env.sh
 BENCH="-m modeling_hope.cli bench --device cuda --preset hope-340m --threads 0 --no-plot --repeats 2"
 timeout 90 python3 bench/gpu_check.py --out "$OUT/gpu_check.json" 2>&1 | tail -12
-timeout 330 python3 $BENCH --sections train memory --train-lengths 512 2048 8192 \
+# this tree's bench in one process, as these budgets were set and run (a child per section adds its start-up; an
+# older tree's bench knows no --no-isolate and runs in one process anyway)
+timeout 330 python3 $BENCH --no-isolate --sections train memory --train-lengths 512 2048 8192 \
     --memory-modes train --memory-lengths 8192 --flops-max-length 2048 --budget 300 \
     --out "$OUT/hope_bench_gpu_train.json" 2>&1 | grep -v Warning
 if [ -d "$OLD/modeling_hope" ]; then  # run from $OLD: `python -m` puts the working directory first on the path

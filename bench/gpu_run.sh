@@ -7,7 +7,8 @@ set -u
 . bench/gpu_env.sh
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 timeout 100 python3 bench/gpu_check.py --out "$OUT/gpu_check.json" 2>&1 | tail -25
-BENCH="python3 -m modeling_hope.cli bench --device cuda --preset hope-340m --threads 0 --no-plot"
+# --no-isolate: one process, as these budgets were set and run (a child per section adds its start-up)
+BENCH="python3 -m modeling_hope.cli bench --device cuda --preset hope-340m --threads 0 --no-plot --no-isolate"
 timeout 360 $BENCH --repeats 2 --memory-lengths 8192 --naive-len 256 --naive-model-len 0 \
     --budget ${MAIN_BUDGET:-250} --out "$OUT/hope_bench_gpu.json" 2>&1 | grep -v Warning
 timeout 80 $BENCH --batch 8 --train-lengths 2048 --sections train prefill --repeats 2 \
