@@ -8,6 +8,7 @@ kernels in one launch.
     python bench/gpu_train_modes.py --device cpu --preset hope-5m --length 64 --modes eager compiled  # plumbing"""
 
 import argparse
+import functools
 import json
 import time
 
@@ -20,11 +21,10 @@ from modeling_hope.bench.models import build, random_ids
 MODES = ("llama", "eager", "compiled", "cudagraphs")  # in this order: the riskiest last
 
 
-def graphed(fn, _cache={}):
+@functools.cache
+def graphed(fn):
     """`fast_weight_memory.compiled` with CUDA graphs: one graph per chunk shape, replayed."""
-    if fn not in _cache:
-        _cache[fn] = torch.compile(fn, dynamic=False, mode="reduce-overhead")
-    return _cache[fn]
+    return torch.compile(fn, dynamic=False, mode="reduce-overhead")
 
 
 def main():
@@ -74,14 +74,12 @@ def main():
     for mode in args.modes:
         try:
             first = [step(mode) for _ in range(2)]  # compiles (and records the graphs)
+            out["modes"][mode] = {"first_two_steps_seconds": [s for s, _ in first], "loss": first[-1][1],
+                                  "seconds": []}
+            print(f"{mode}: first steps {[round(s, 2) for s, _ in first]} s, loss {first[-1][1]:.6f}", flush=True)
         except Exception as e:  # recorded; the other modes still run
             out["modes"][mode] = {"error": f"{type(e).__name__}: {str(e)[:2000]}"}
             print(f"{mode} failed: {out['modes'][mode]['error']}", flush=True)
-            continue
-        finally:
-            write()
-        out["modes"][mode] = {"first_two_steps_seconds": [s for s, _ in first], "loss": first[-1][1], "seconds": []}
-        print(f"{mode}: first steps {[round(s, 2) for s, _ in first]} s, loss {first[-1][1]:.6f}", flush=True)
         write()
     modes = [m for m in args.modes if "error" not in out["modes"][m]]
     for r in range(args.repeats):

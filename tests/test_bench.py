@@ -146,8 +146,8 @@ def test_a_child_process_that_dies_is_recorded_and_the_run_fails(tmp_path, monke
 
     commands, real_command = [], cli.child_command
 
-    def dying_child(argv, name, out, budget):
-        commands.append((name, real_command(argv, name, out, budget)))
+    def dying_child(argv, name, out):
+        commands.append((name, real_command(argv, name, out)))
         return [sys.executable, "-c", "import sys; sys.exit(3)"]
 
     monkeypatch.setattr(cli, "child_command", dying_child)
