@@ -10,6 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -61,16 +62,38 @@ class ShortConv(nn.Module):
     def forward(self, x, lengths, state):
         size, L = self.weight.shape[1], x.shape[1]
         xs = torch.cat([state.to(x.dtype), x], 1)
-        # out_t = sum_k w_k * xs_{t+k}: a few shifted products beat depthwise conv1d here (its backward above all,
-        # and a decoded token's L = 1 call), and keep the (B, L, C) layout
-        out = xs[:, :L] * self.weight[:, 0]
-        for k in range(1, size):
-            out = out + xs[:, k:k + L] * self.weight[:, k]
+        out = ShortConvFunction.apply(xs, self.weight, L)
         if int(lengths.min()) == L:  # every row full: the tail is the last size - 1 inputs (counted from the end of
             new_state = xs[:, xs.shape[1] - (size - 1):]  # xs: a start of L made inductor lose L's shape symbol)
         else:
             new_state = gather_rows(xs, lengths[:, None] + torch.arange(size - 1, device=x.device))
         return out, new_state
+
+
+class ShortConvFunction(torch.autograd.Function):
+    """out_t = sum_k w_k * xs_{t+k} over the cached tail and the new inputs xs (B, size - 1 + L, C): a few shifted
+    products beat depthwise conv1d here (its backward above all, and a decoded token's L = 1 call) and keep the
+    (B, L, C) layout. Autograd through the shifted slices would write each one's gradient into zeros of the whole
+    xs and add them up; this backward accumulates them in one buffer."""
+
+    @staticmethod
+    def forward(ctx, xs, weight, L):
+        ctx.save_for_backward(xs, weight)
+        out = xs[:, :L] * weight[:, 0]
+        for k in range(1, weight.shape[1]):
+            out.addcmul_(xs[:, k:k + L], weight[:, k])
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        xs, weight = ctx.saved_tensors
+        L = g.shape[1]
+        g_xs = g.new_zeros(xs.shape)
+        g_w = torch.stack([(g * xs[:, k:k + L]).sum((0, 1)) for k in range(weight.shape[1])], 1)
+        for k in range(weight.shape[1]):
+            g_xs[:, k:k + L].addcmul_(g, weight[:, k])
+        return g_xs.to(xs.dtype), g_w.to(weight.dtype), None
 
 
 # ----------------------------------------------------------------------------------------------------------------

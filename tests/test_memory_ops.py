@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from modeling_hope.continuum_memory import swiglu_per_row, teach_gradients
-from modeling_hope.fast_weight_memory import (FastWeights, _causal_exp, chunked_fused_scan, chunked_memory_scan,
+from modeling_hope.fast_weight_memory import (FastWeights, _causal_exp, _coefficients, chunk_coefficients,
+                                              chunked_fused_scan, chunked_memory_scan,
                                               chunked_projection_scan, coefficients_for, naive_memory_scan,
                                               naive_projection_scan, piece_coefficients)
 
@@ -211,3 +212,35 @@ def test_causal_exp_equals_masked_exp(dtype, decay):
         results.append((out, torch.autograd.grad((out * weights).sum(), leaf)[0]))
     (out, grad), (want, want_grad) = results
     assert torch.equal(out, want) and torch.equal(grad, want_grad)
+
+
+@pytest.mark.parametrize("momentum", [True, False])
+@pytest.mark.parametrize("chunks", [None, 3])
+def test_chunk_coefficients_node_against_autograd(momentum, chunks):
+    """`ChunkCoefficients` (one node, the C x C matrices recomputed in backward) against autograd through the same
+    products: values bit for bit, gradients at eta, log alpha and log beta, with no-op slots and, batched, n chunks."""
+    gen = torch.Generator().manual_seed(5)
+    Bc, G, C = 2, 3, 8
+    shape = (Bc, G, C) if chunks is None else (Bc, G, chunks, C)
+    active = (torch.rand(Bc, 1, *shape[2:], generator=gen) > 0.25).double()
+    eta = torch.rand(shape, generator=gen, dtype=torch.float64) * active
+    log_alpha = F.logsigmoid(2 + torch.randn(shape, generator=gen, dtype=torch.float64)) * active
+    log_beta = F.logsigmoid(torch.randn(G, generator=gen, dtype=torch.float64)) if momentum else None
+    inputs = [t for t in (eta, log_alpha, log_beta) if t is not None]
+    weights = None
+    results = []
+    for node in (True, False):
+        leaves_ = [t.clone().requires_grad_() for t in inputs]
+        args = (*leaves_[:2], leaves_[2] if momentum else None, active)
+        out = chunk_coefficients(*args) if node else _coefficients(*args)[0]
+        out = [t for t in out if t is not None]
+        assert len(out) == (5 if momentum else 3)
+        if weights is None:
+            weights = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in out]
+        loss = sum((t * w).sum() for t, w in zip(out, weights))
+        results.append((out, torch.autograd.grad(loss, leaves_)))
+    (out, grads), (want, want_grads) = results
+    assert all(torch.equal(a, b) for a, b in zip(out, want))
+    for a, b in zip(grads, want_grads):
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-10), float((a - b).abs().max())
+    assert grads[0].abs().sum() > 0 and grads[1].abs().sum() > 0
