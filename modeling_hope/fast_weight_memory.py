@@ -105,23 +105,28 @@ def chunk_coefficients(eta, log_alpha, log_beta, active):
     return _coefficients(eta, log_alpha, log_beta, active)[0]
 
 
-def _coefficients(eta, log_alpha, log_beta, active):
-    """`chunk_coefficients`' outputs, and the intermediates that its backward takes."""
+def _coefficients(eta, log_alpha, log_beta, active, keep: bool = False):
+    """`chunk_coefficients`' outputs, and with `keep` the intermediates that its backward takes. Without `keep` and
+    outside autograd, the C x C matrices are transformed in place: a fresh buffer for each elementwise pass costs more
+    than the pass (batched over a scan's chunks they are megabytes, and every new one is faulted in page by page)."""
+    inplace = not keep and not torch.is_grad_enabled()
     log_A = log_alpha.cumsum(-1)
-    decay = _causal_exp(log_A[..., :, None] - log_A[..., None, :])
+    decay = _causal_exp(log_A[..., :, None] - log_A[..., None, :], inplace)
     if log_beta is None:
-        gamma = decay * active[..., None, :]
-        return (log_A.exp(), torch.zeros_like(log_A), gamma * eta[..., None, :], None, None), (decay, gamma)
+        gamma = decay.mul_(active[..., None, :]) if inplace else decay * active[..., None, :]
+        G = gamma.mul_(eta[..., None, :]) if inplace else gamma * eta[..., None, :]
+        return (log_A.exp(), torch.zeros_like(log_A), G, None, None), (decay, gamma)
     n = active.cumsum(-1)  # real tokens so far
     log_B = n * log_beta.view(-1, *([1] * (eta.dim() - 2)))  # (B, G, C): log beta^{n_m}
-    mom = _causal_exp(log_B[..., :, None] - log_B[..., None, :])
-    M = mom * active[..., :, None]
+    mom = _causal_exp(log_B[..., :, None] - log_B[..., None, :], inplace)
+    s_end = mom[..., -1, :] * eta
+    M = mom.mul_(active[..., :, None]) if inplace else mom * active[..., :, None]
     gamma = decay @ M
     w = active * log_B.exp()
     c = (decay @ w[..., None]).squeeze(-1)
     beta_end = log_B[..., -1, None, None].exp()
-    s_end = mom[..., -1, :] * eta
-    return (log_A.exp(), c, gamma * eta[..., None, :], beta_end, s_end), (decay, gamma, n, mom, M, w)
+    G = gamma.mul_(eta[..., None, :]) if inplace else gamma * eta[..., None, :]
+    return (log_A.exp(), c, G, beta_end, s_end), (decay, gamma, n, mom, M, w)
 
 
 class ChunkCoefficients(torch.autograd.Function):
@@ -144,7 +149,7 @@ class ChunkCoefficients(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, gA, gc, gG, *g_momentum):
         eta, log_alpha, log_beta, active = ctx.saved_tensors
-        (A, *_, beta_end, _), terms = _coefficients(eta, log_alpha, log_beta, active)
+        (A, *_, beta_end, _), terms = _coefficients(eta, log_alpha, log_beta, active, keep=True)
         decay, gamma = terms[:2]
         g_eta = (gG * gamma).sum(-2)
         g_gamma = gG * eta[..., None, :]
@@ -169,11 +174,13 @@ class ChunkCoefficients(torch.autograd.Function):
         return g_eta, g_log_alpha, g_log_beta, None
 
 
-def _causal_exp(x):
+def _causal_exp(x, inplace: bool = False):
     """exp(x) on and below the diagonal, 0 above, for x <= 0 there (differences of non-increasing log-decay sums, in
     float as in exact arithmetic): the triangle taken after the exp of min(x, 0). The usual mask, exp of -inf above
     the diagonal, takes a slower path of exp on the CPU (about 3x an ordinary exp at these shapes); the values and
-    the gradients are the same."""
+    the gradients are the same. `inplace` overwrites x (outside autograd)."""
+    if inplace:
+        return x.clamp_(max=0).exp_().tril_()
     return x.clamp_max(0).exp().tril()
 
 

@@ -218,7 +218,8 @@ def test_causal_exp_equals_masked_exp(dtype, decay):
 @pytest.mark.parametrize("chunks", [None, 3])
 def test_chunk_coefficients_node_against_autograd(momentum, chunks):
     """`ChunkCoefficients` (one node, the C x C matrices recomputed in backward) against autograd through the same
-    products: values bit for bit, gradients at eta, log alpha and log beta, with no-op slots and, batched, n chunks."""
+    products: values bit for bit (also outside autograd, in place), gradients at eta, log alpha and log beta, with
+    no-op slots and, batched, n chunks."""
     gen = torch.Generator().manual_seed(5)
     Bc, G, C = 2, 3, 8
     shape = (Bc, G, C) if chunks is None else (Bc, G, chunks, C)
@@ -241,6 +242,9 @@ def test_chunk_coefficients_node_against_autograd(momentum, chunks):
         results.append((out, torch.autograd.grad(loss, leaves_)))
     (out, grads), (want, want_grads) = results
     assert all(torch.equal(a, b) for a, b in zip(out, want))
+    with torch.no_grad():  # outside autograd the matrices are transformed in place: the same values
+        plain = [t for t in chunk_coefficients(eta, log_alpha, log_beta, active) if t is not None]
+    assert all(torch.equal(a, b) for a, b in zip(plain, want))
     for a, b in zip(grads, want_grads):
         assert torch.allclose(a, b, atol=1e-12, rtol=1e-10), float((a - b).abs().max())
     assert grads[0].abs().sum() > 0 and grads[1].abs().sum() > 0
