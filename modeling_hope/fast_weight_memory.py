@@ -139,6 +139,8 @@ class ChunkCoefficients(torch.autograd.Function):
     @staticmethod
     def forward(ctx, eta, log_alpha, log_beta, active):
         ctx.save_for_backward(eta, log_alpha, log_beta, active)
+        device = eta.device.type  # backward recomputes under the forward's autocast (as torch.amp.custom_bwd does)
+        ctx.autocast = device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
         outputs, _ = _coefficients(eta, log_alpha, log_beta, active)
         if log_beta is None:
             ctx.mark_non_differentiable(outputs[1])  # c = 0
@@ -147,8 +149,13 @@ class ChunkCoefficients(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, gA, gc, gG, *g_momentum):
-        eta, log_alpha, log_beta, active = ctx.saved_tensors
+    def backward(ctx, *grads):
+        device, enabled, dtype = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            return ChunkCoefficients._backward(*ctx.saved_tensors, *grads)
+
+    @staticmethod
+    def _backward(eta, log_alpha, log_beta, active, gA, gc, gG, *g_momentum):
         (A, *_, beta_end, _), terms = _coefficients(eta, log_alpha, log_beta, active, keep=True)
         decay, gamma = terms[:2]
         g_eta = (gG * gamma).sum(-2)

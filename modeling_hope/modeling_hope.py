@@ -39,12 +39,61 @@ class HopeRMSNorm(nn.Module):
         # float32: one F.rms_norm call with the weight; other dtypes keep Llama's order (normalise in float32,
         # cast back, then scale)
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            if x.device.type == "cpu" and torch.is_grad_enabled():
+                return RMSNormFunction.apply(x, self.weight, self.variance_epsilon)
             return F.rms_norm(x, x.shape[-1:], self.weight, eps=self.variance_epsilon)
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.variance_epsilon).to(x.dtype)
 
 
+class RMSNormFunction(torch.autograd.Function):
+    """F.rms_norm's values with a backward that keeps only x: y = x r w with r = 1 / rms(x), so
+    dx = r (dy w - x r mean(dy w x r)) and dw = sum dy x r. On the CPU, F.rms_norm is composed of elementwise
+    operations whose autograd keeps x r besides x (one more activation per norm) and runs six nodes backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        ctx.save_for_backward(x, weight)
+        ctx.eps = eps
+        return F.rms_norm(x, x.shape[-1:], weight, eps=eps)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + ctx.eps)
+        xn = x * r
+        gy = g * weight
+        g_x = (gy - xn * (gy * xn).mean(-1, keepdim=True)).mul_(r)
+        return g_x, (g * xn).reshape(-1, x.shape[-1]).sum(0), None
+
+
 def l2norm(x):
+    """x / max(||x||, 1e-6) (F.normalize's values); under autograd, `L2NormFunction`."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return L2NormFunction.apply(x)
     return F.normalize(x, dim=-1, eps=1e-6)
+
+
+class L2NormFunction(torch.autograd.Function):
+    """y = x / n with n = max(||x||, eps), keeping y and n for backward (dx = (dy - y (y . dy)) / n; n = eps where
+    ||x|| < eps, and there no projection), not x: y is what the consumers (the memories' chunk nodes) keep anyway,
+    and x, a view of a projection memory's read of all four boxes, would keep that whole read alive."""
+
+    EPS = 1e-6
+
+    @staticmethod
+    def forward(ctx, x):
+        n = x.norm(2, -1, keepdim=True).clamp_min(L2NormFunction.EPS)
+        y = x / n
+        ctx.save_for_backward(y, n)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        y, n = ctx.saved_tensors
+        projection = (y * g).sum(-1, keepdim=True) * (n > L2NormFunction.EPS)
+        return (g - y * projection) / n
 
 
 def gather_rows(x, idx):
@@ -171,6 +220,8 @@ class HopeMemoryMixer(nn.Module):
         """Outputs of the k, v, eta, alpha boxes (B, 4, H, T, d) -> keys, values, eta, log_alpha."""
         # unbind, not four selects: a select's backward writes into zeros of the whole (B, 4, H, T, d)
         k_box, v_box, eta_box, alpha_box = outs.unbind(1)
+        if torch.is_grad_enabled():  # the rates' products keep their inputs for backward: copies of two boxes, not
+            eta_box, alpha_box = eta_box.clone(), alpha_box.clone()  # views that keep the read of all four alive
         keys, values = l2norm(k_box), v_box
         if self.config.value_norm:
             values = l2norm(values)
