@@ -19,14 +19,15 @@ def _swiglu(z, gate, up, down):
 class SwiGLUFunction(torch.autograd.Function):
     """out = (silu(g) * v) W_down^T with g = z W_gate^T, v = z W_up^T; weights (I, d) / (d, I), or per row (B, I, d) /
     (B, d, I) with z (B, T, d). Autograd would keep silu(g) and the product besides g and v (two more (T, I) tensors
-    per level); this backward recomputes them. Returns (out, g, v); g and v carry no gradient."""
+    per level); this backward recomputes them, and with `recompute` g and v too (two products of z, against two
+    (T, I) activations: a wide static level's). Returns (out, g, v); g and v carry no gradient."""
 
     @staticmethod
-    def forward(ctx, z, gate, up, down):
+    def forward(ctx, z, gate, up, down, recompute=False):
         out, g, v = _swiglu(z, gate, up, down)
         device = z.device.type  # backward runs under the forward's autocast (as torch.amp.custom_bwd does)
         ctx.autocast = device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
-        ctx.save_for_backward(z, gate, up, down, g, v)
+        ctx.save_for_backward(z, gate, up, down, *(() if recompute else (g, v)))
         ctx.mark_non_differentiable(g, v)
         ctx.set_materialize_grads(False)  # no zero gradients for g and v
         return out, g, v
@@ -36,7 +37,10 @@ class SwiGLUFunction(torch.autograd.Function):
     def backward(ctx, g_out, _g, _v):
         device, enabled, dtype = ctx.autocast
         with torch.autocast(device, dtype=dtype, enabled=enabled):
-            return SwiGLUFunction._backward(g_out, *ctx.saved_tensors)
+            z, gate, up, down, *gv = ctx.saved_tensors
+            if not gv:
+                gv = z @ gate.mT, z @ up.mT
+            return (*SwiGLUFunction._backward(g_out, z, gate, up, down, *gv), None)
 
     @staticmethod
     def _backward(g_out, z, gate, up, down, g, v):
@@ -50,7 +54,7 @@ class SwiGLUFunction(torch.autograd.Function):
         return d_z, d_g.mT @ z, d_v.mT @ z, g_out.mT @ (silu_g * v)
 
 
-def _plain_linears(*modules) -> bool:
+def plain_linears(*modules) -> bool:
     """Exactly nn.Linear without bias (not an adapter or quantised layer that wraps one: those keep their forward)."""
     return all(type(m) is nn.Linear and m.bias is None for m in modules)
 
@@ -65,8 +69,9 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, z):
-        if torch.is_grad_enabled() and _plain_linears(self.gate_proj, self.up_proj, self.down_proj):
-            return SwiGLUFunction.apply(z, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)[0]
+        if torch.is_grad_enabled() and plain_linears(self.gate_proj, self.up_proj, self.down_proj):
+            return SwiGLUFunction.apply(z, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight,
+                                        True)[0]
         return self.down_proj(F.silu(self.gate_proj(z)) * self.up_proj(z))
 
 

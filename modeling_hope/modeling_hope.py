@@ -18,7 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .cache_hope import HopeCache
 from .configuration_hope import HopeConfig
-from .continuum_memory import WEIGHT_NAMES, SwiGLU, swiglu_per_row, teach_gradients
+from .continuum_memory import WEIGHT_NAMES, SwiGLU, plain_linears, swiglu_per_row, teach_gradients
 from .fast_weight_memory import MEMORY_SCANS, PROJECTION_SCANS, FastWeights, chunked_fused_scan
 from .lm_head import RoundLogits, TeachProducts, causal_lm_loss
 from .memory_triton import applies as kernel_applies
@@ -39,10 +39,16 @@ class HopeRMSNorm(nn.Module):
         # float32: one F.rms_norm call with the weight; other dtypes keep Llama's order (normalise in float32,
         # cast back, then scale)
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            if x.device.type == "cpu" and torch.is_grad_enabled():
+            if _cpu_float32_autograd(x):
                 return RMSNormFunction.apply(x, self.weight, self.variance_epsilon)
             return F.rms_norm(x, x.shape[-1:], self.weight, eps=self.variance_epsilon)
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.variance_epsilon).to(x.dtype)
+
+
+def _cpu_float32_autograd(*tensors) -> bool:
+    """Where the norms' nodes below replace F.rms_norm under autograd: float32 on the CPU (elsewhere F.rms_norm may
+    be one fused kernel with a backward of its own)."""
+    return torch.is_grad_enabled() and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -59,12 +65,41 @@ class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        x, weight = ctx.saved_tensors
-        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + ctx.eps)
-        xn = x * r
-        gy = g * weight
-        g_x = (gy - xn * (gy * xn).mean(-1, keepdim=True)).mul_(r)
-        return g_x, (g * xn).reshape(-1, x.shape[-1]).sum(0), None
+        return (*_rms_norm_backward(g, *ctx.saved_tensors, ctx.eps), None)
+
+
+def _rms_norm_backward(g, x, weight, eps):
+    r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    xn = x * r
+    gy = g * weight
+    g_x = (gy - xn * (gy * xn).mean(-1, keepdim=True)).mul_(r)
+    return g_x, (g * xn).reshape(-1, x.shape[-1]).sum(0)
+
+
+class NormGateFunction(torch.autograd.Function):
+    """The mixer's output gate, p = merge_heads(RMSNorm(o)) * silu(gate), keeping o and gate only (autograd kept
+    the normalised and merged o, silu(gate) and gate: two activations more) and recomputing the rest in backward.
+    o (B, H, L, d_h), gate (B, L, H d_h)."""
+
+    @staticmethod
+    def forward(ctx, o, weight, gate, eps):
+        ctx.save_for_backward(o, weight, gate)
+        ctx.eps = eps
+        return _merge_heads(F.rms_norm(o, o.shape[-1:], weight, eps=eps)) * F.silu(gate)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        o, weight, gate = ctx.saved_tensors
+        merged = _merge_heads(F.rms_norm(o, o.shape[-1:], weight, eps=ctx.eps))
+        g_merged = (g * F.silu(gate)).view(*g.shape[:2], o.shape[1], o.shape[3]).transpose(1, 2)
+        g_o, g_w = _rms_norm_backward(g_merged, o, weight, ctx.eps)
+        return g_o, g_w, torch.ops.aten.silu_backward(g * merged, gate), None
+
+
+def _merge_heads(o):
+    """(B, H, L, d_h) -> (B, L, H d_h)."""
+    return o.transpose(1, 2).reshape(o.shape[0], o.shape[2], -1)
 
 
 def l2norm(x):
@@ -108,12 +143,15 @@ class ShortConv(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(channels, size))
 
-    def forward(self, x, lengths, state):
+    def forward(self, x, lengths, state, source=None):
+        """`source` = (z, W) with x = z W^T (a bias-free projection): backward recomputes x instead of keeping it."""
         size, L = self.weight.shape[1], x.shape[1]
         xs = torch.cat([state.to(x.dtype), x], 1)
-        out = ShortConvFunction.apply(xs, self.weight, L)
+        recompute = () if source is None or not torch.is_grad_enabled() else (*source, state)
+        out = ShortConvFunction.apply(xs, self.weight, L, *recompute)
         if int(lengths.min()) == L:  # every row full: the tail is the last size - 1 inputs (counted from the end of
-            new_state = xs[:, xs.shape[1] - (size - 1):]  # xs: a start of L made inductor lose L's shape symbol)
+            # xs: a start of L made inductor lose L's shape symbol), copied: a view would keep all of xs alive
+            new_state = xs[:, xs.shape[1] - (size - 1):].clone()
         else:
             new_state = gather_rows(xs, lengths[:, None] + torch.arange(size - 1, device=x.device))
         return out, new_state
@@ -123,26 +161,43 @@ class ShortConvFunction(torch.autograd.Function):
     """out_t = sum_k w_k * xs_{t+k} over the cached tail and the new inputs xs (B, size - 1 + L, C): a few shifted
     products beat depthwise conv1d here (its backward above all, and a decoded token's L = 1 call) and keep the
     (B, L, C) layout. Autograd through the shifted slices would write each one's gradient into zeros of the whole
-    xs and add them up; this backward accumulates them in one buffer."""
+    xs and add them up; this backward accumulates them in one buffer. Given the projection that made the new inputs
+    (z, W, and the tail), it keeps those instead of xs and recomputes xs = [tail; z W^T] in backward: z is kept for
+    the projection's own backward anyway, and xs, five times the model width, is the mixer's widest activation."""
 
     @staticmethod
-    def forward(ctx, xs, weight, L):
-        ctx.save_for_backward(xs, weight)
-        out = xs[:, :L] * weight[:, 0]
-        for k in range(1, weight.shape[1]):
-            out.addcmul_(xs[:, k:k + L], weight[:, k])
+    def forward(ctx, xs, weight, L, z=None, W=None, tail=None):
+        if z is None:
+            ctx.save_for_backward(weight, xs)
+        else:
+            ctx.save_for_backward(weight, z, W, tail)
+            device = xs.device.type  # the recomputation runs under the forward's autocast
+            ctx.autocast = device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+        taps = weight.t().contiguous()  # (size, C): each tap's weights contiguous, not strided by the size
+        out = xs[:, :L] * taps[0]
+        for k in range(1, len(taps)):
+            out.addcmul_(xs[:, k:k + L], taps[k])
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        xs, weight = ctx.saved_tensors
+        weight, *saved = ctx.saved_tensors
+        if len(saved) == 1:
+            xs = saved[0]
+        else:
+            z, W, tail = saved
+            device, enabled, dtype = ctx.autocast
+            with torch.autocast(device, dtype=dtype, enabled=enabled):
+                x = F.linear(z, W)
+            xs = torch.cat([tail.to(x.dtype), x], 1)
         L = g.shape[1]
+        taps = weight.t().contiguous()
         g_xs = g.new_zeros(xs.shape)
-        g_w = torch.stack([(g * xs[:, k:k + L]).sum((0, 1)) for k in range(weight.shape[1])], 1)
-        for k in range(weight.shape[1]):
-            g_xs[:, k:k + L].addcmul_(g, weight[:, k])
-        return g_xs.to(xs.dtype), g_w.to(weight.dtype), None
+        g_w = torch.stack([(g * xs[:, k:k + L]).sum((0, 1)) for k in range(len(taps))], 1)
+        for k in range(len(taps)):
+            g_xs[:, k:k + L].addcmul_(g, taps[k])
+        return g_xs.to(xs.dtype), g_w.to(weight.dtype), None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -258,7 +313,8 @@ class HopeMemoryMixer(nn.Module):
         new_state = {}
         u = self.in_proj(x)
         if self.conv is not None:
-            u, new_state["conv"] = self.conv(u, lengths, state["conv"])
+            source = (x, self.in_proj.weight) if plain_linears(self.in_proj) else None
+            u, new_state["conv"] = self.conv(u, lengths, state["conv"], source)
         q, *boxes = (self._heads(part) for part in u.split(x.shape[-1], -1))
         # silu saves its input for backward: a copy of q, not a view that keeps all five projections alive
         q = l2norm(F.silu(q.contiguous()))
@@ -281,8 +337,12 @@ class HopeMemoryMixer(nn.Module):
         else:
             o, memory = self._separate_scans(memory, q, inputs, log_beta, mask, counts, common)
         new_state.update({f"memory.{f}": t for f, t in zip(FastWeights._fields, memory)})
-        o = self.o_norm(o).transpose(1, 2).reshape(x.shape)
-        return self.o_proj(o * F.silu(self.gate_proj(x))), new_state
+        gate = self.gate_proj(x)
+        if _cpu_float32_autograd(o, gate, self.o_norm.weight):
+            gated = NormGateFunction.apply(o, self.o_norm.weight, gate, self.o_norm.variance_epsilon)
+        else:
+            gated = _merge_heads(self.o_norm(o)) * F.silu(gate)
+        return self.o_proj(gated), new_state
 
 
 def rotate_half(x):

@@ -80,17 +80,19 @@ def _swiglu_reference(z, gate, up, down):
     return (F.silu(z @ gate.mT) * (z @ up.mT)) @ down.mT
 
 
+@pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("per_row", [False, True])
-def test_swiglu_function_gradients_equal_autograd(per_row):
-    """`SwiGLUFunction` (saves g and v only) against autograd through the plain expression, float64: shared weights
-    (a static level) and per-row weights expanded from shared ones (an in-context level's first round)."""
+def test_swiglu_function_gradients_equal_autograd(per_row, recompute):
+    """`SwiGLUFunction` (saves g and v only, or with `recompute` neither) against autograd through the plain
+    expression, float64: shared weights (a static level) and per-row weights expanded from shared ones (an in-context
+    level's first round)."""
     gen = torch.Generator().manual_seed(0)
     B, T, d, I = 3, 7, 5, 6
     z0 = torch.randn(B, T, d, generator=gen, dtype=torch.float64)
     w0 = [torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in ((I, d), (I, d), (d, I))]
     g_out = torch.randn(B, T, d, generator=gen, dtype=torch.float64)
     results = []
-    for fn in (lambda *a: SwiGLUFunction.apply(*a)[0], _swiglu_reference):
+    for fn in (lambda *a: SwiGLUFunction.apply(*a, recompute)[0], _swiglu_reference):
         z, *ws = (t.clone().requires_grad_() for t in (z0, *w0))
         args = [w.expand(B, *w.shape) for w in ws] if per_row else ws
         out = fn(z, *args)

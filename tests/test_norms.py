@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_hope.modeling_hope import HopeRMSNorm, RMSNormFunction, l2norm
+from modeling_hope.modeling_hope import HopeRMSNorm, NormGateFunction, RMSNormFunction, l2norm
 
 
 @pytest.mark.parametrize("shape", [(3, 7, 16), (2, 4, 5, 8)])
@@ -52,3 +52,41 @@ def test_l2norm_matches_f_normalize_including_tiny_rows():
     torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0],
                                rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(l2norm, (x.detach()[1:].clone().requires_grad_(),))
+
+
+def test_norm_gate_matches_autograd_through_its_parts():
+    """The mixer's output gate as one node (`NormGateFunction`) against autograd through F.rms_norm, the merge of
+    the heads and silu: the same values and gradients at o, the norm weight and the gate."""
+    torch.manual_seed(4)
+    B, H, L, dh = 2, 3, 5, 4
+    o = torch.randn(B, H, L, dh, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(dh, dtype=torch.float64, requires_grad=True)
+    gate = torch.randn(B, L, H * dh, dtype=torch.float64, requires_grad=True)
+    out = NormGateFunction.apply(o, weight, gate, 1e-6)
+    ref = F.rms_norm(o, (dh,), weight, eps=1e-6).transpose(1, 2).reshape(B, L, H * dh) * F.silu(gate)
+    assert torch.equal(out, ref)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (o, weight, gate), g), torch.autograd.grad(ref, (o, weight, gate), g)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_mixer_output_gate_node_in_float32_training():
+    """A small model in float32 on the CPU: training goes through the node, and its loss equals that of the no-grad
+    forward (which takes the plain path)."""
+    from modeling_hope.modeling_hope import HopeForCausalLM
+    from modeling_hope.presets import hope_config
+
+    torch.manual_seed(5)
+    model = HopeForCausalLM(hope_config("hope-5m", num_hidden_layers=1, vocab_size=64, hidden_size=32,
+                                        num_attention_heads=2))
+    ids = torch.randint(0, 64, (1, 40))
+    loss = model(input_ids=ids, labels=ids).loss
+    nodes, stack = set(), [loss.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is not None and fn not in nodes:
+            nodes.add(fn)
+            stack.extend(f for f, _ in fn.next_functions)
+    assert "NormGateFunctionBackward" in {type(f).__name__ for f in nodes}
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids, labels=ids).loss, loss.detach(), rtol=1e-6, atol=1e-6)

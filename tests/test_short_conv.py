@@ -65,3 +65,29 @@ def test_short_conv_bfloat16_inputs_with_float32_weight():
     torch.testing.assert_close(gx.float(), rx, rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(gs.float(), rs, rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(gw, rw, rtol=1e-6, atol=1e-6)
+
+
+def test_short_conv_recomputing_its_projection_equals_keeping_it():
+    """Given the projection that made its inputs (x = z W^T), the conv keeps z and W instead of x and recomputes x
+    in backward: the same output and the same gradients at z, W, the cached tail and the conv weight."""
+    torch.manual_seed(3)
+    B, L, D, C, size = 2, 8, 5, 7, 4
+    conv = ShortConv(C, size).double()
+    with torch.no_grad():
+        conv.weight.normal_()
+    z = torch.randn(B, L, D, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(C, D, dtype=torch.float64, requires_grad=True)
+    state = torch.randn(B, size - 1, C, dtype=torch.float64, requires_grad=True)
+    lengths = torch.full((B,), L)
+    results = []
+    for source in (None, (z, W)):
+        out, tail = conv(F.linear(z, W), lengths, state, source)
+        kept = out.grad_fn.saved_tensors
+        assert len(kept) == (2 if source is None else 4)  # (weight, xs) or (weight, z, W, tail)
+        g = torch.ones_like(out).cumsum(1)
+        loss = (out * g).sum() + tail.pow(2).sum()
+        results.append((out, torch.autograd.grad(loss, (z, W, state, conv.weight))))
+    (out, grads), (want, want_grads) = results
+    assert torch.equal(out, want)
+    for a, b in zip(grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
