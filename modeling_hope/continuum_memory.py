@@ -54,6 +54,13 @@ class SwiGLUFunction(torch.autograd.Function):
         return d_z, d_g.mT @ z, d_v.mT @ z, g_out.mT @ (silu_g * v)
 
 
+def eager_autograd() -> bool:
+    """Autograd records and no torch.compile traces: where the hand-written nodes that keep less for backward (and
+    recompute the rest) replace plain expressions. Under torch.compile, inductor fuses the plain expressions and its
+    partitioner chooses what to keep."""
+    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
 def plain_linears(*modules) -> bool:
     """Exactly nn.Linear without bias (not an adapter or quantised layer that wraps one: those keep their forward)."""
     return all(type(m) is nn.Linear and m.bias is None for m in modules)
@@ -71,7 +78,7 @@ class SwiGLU(nn.Module):
     def forward(self, z):
         if torch.is_grad_enabled() and plain_linears(self.gate_proj, self.up_proj, self.down_proj):
             return SwiGLUFunction.apply(z, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight,
-                                        True)[0]
+                                        eager_autograd())[0]
         return self.down_proj(F.silu(self.gate_proj(z)) * self.up_proj(z))
 
 

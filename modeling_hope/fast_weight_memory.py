@@ -96,10 +96,11 @@ def chunk_coefficients(eta, log_alpha, log_beta, active):
     G = gamma * eta. eta, log_alpha: (B, G, C), zero at no-op slots; log_beta: (G,) or None (no momentum);
     active: (B, 1, C) float. Returns A (B,G,C), c (B,G,C), G (B,G,C,C), beta_C (B,G,1,1) or None, s (B,G,C) or None.
     A dim of n chunks may follow G (eta (B, G, n, C), active (B, 1, n, C)): n chunks' coefficients at once.
-    Under autograd it is one node, `ChunkCoefficients`, that keeps its inputs only.
+    Under autograd it is one node, `ChunkCoefficients`, that keeps its inputs only (eager; a compiled chunk step
+    traces the plain products, which inductor fuses).
     """
     inputs = (eta, log_alpha) if log_beta is None else (eta, log_alpha, log_beta)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and any(t.requires_grad for t in inputs):
         out = ChunkCoefficients.apply(eta, log_alpha, log_beta, active)
         return out if log_beta is not None else (*out, None, None)
     return _coefficients(eta, log_alpha, log_beta, active)[0]

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .cache_hope import HopeCache
 from .configuration_hope import HopeConfig
-from .continuum_memory import WEIGHT_NAMES, SwiGLU, plain_linears, swiglu_per_row, teach_gradients
+from .continuum_memory import WEIGHT_NAMES, SwiGLU, eager_autograd, plain_linears, swiglu_per_row, teach_gradients
 from .fast_weight_memory import MEMORY_SCANS, PROJECTION_SCANS, FastWeights, chunked_fused_scan
 from .lm_head import RoundLogits, TeachProducts, causal_lm_loss
 from .memory_triton import applies as kernel_applies
@@ -47,8 +47,8 @@ class HopeRMSNorm(nn.Module):
 
 def _cpu_float32_autograd(*tensors) -> bool:
     """Where the norms' nodes below replace F.rms_norm under autograd: float32 on the CPU (elsewhere F.rms_norm may
-    be one fused kernel with a backward of its own)."""
-    return torch.is_grad_enabled() and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    be one fused kernel with a backward of its own), eager (see `eager_autograd`)."""
+    return eager_autograd() and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -104,7 +104,7 @@ def _merge_heads(o):
 
 def l2norm(x):
     """x / max(||x||, 1e-6) (F.normalize's values); under autograd, `L2NormFunction`."""
-    if torch.is_grad_enabled() and x.requires_grad:
+    if eager_autograd() and x.requires_grad:
         return L2NormFunction.apply(x)
     return F.normalize(x, dim=-1, eps=1e-6)
 
@@ -147,14 +147,25 @@ class ShortConv(nn.Module):
         """`source` = (z, W) with x = z W^T (a bias-free projection): backward recomputes x instead of keeping it."""
         size, L = self.weight.shape[1], x.shape[1]
         xs = torch.cat([state.to(x.dtype), x], 1)
-        recompute = () if source is None or not torch.is_grad_enabled() else (*source, state)
-        out = ShortConvFunction.apply(xs, self.weight, L, *recompute)
+        if torch.compiler.is_compiling():  # inductor fuses the taps and chooses what backward keeps
+            out = causal_taps(xs, self.weight.t(), L)
+        else:
+            recompute = () if source is None or not torch.is_grad_enabled() else (*source, state)
+            out = ShortConvFunction.apply(xs, self.weight, L, *recompute)
         if int(lengths.min()) == L:  # every row full: the tail is the last size - 1 inputs (counted from the end of
             # xs: a start of L made inductor lose L's shape symbol), copied: a view would keep all of xs alive
             new_state = xs[:, xs.shape[1] - (size - 1):].clone()
         else:
             new_state = gather_rows(xs, lengths[:, None] + torch.arange(size - 1, device=x.device))
         return out, new_state
+
+
+def causal_taps(xs, taps, L: int, inplace: bool = False):
+    """out_t = sum_k taps[k] * xs_{t+k}, t < L; taps (size, C)."""
+    out = xs[:, :L] * taps[0]
+    for k in range(1, len(taps)):
+        out = out.addcmul_(xs[:, k:k + L], taps[k]) if inplace else out.addcmul(xs[:, k:k + L], taps[k])
+    return out
 
 
 class ShortConvFunction(torch.autograd.Function):
@@ -173,11 +184,8 @@ class ShortConvFunction(torch.autograd.Function):
             ctx.save_for_backward(weight, z, W, tail)
             device = xs.device.type  # the recomputation runs under the forward's autocast
             ctx.autocast = device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
-        taps = weight.t().contiguous()  # (size, C): each tap's weights contiguous, not strided by the size
-        out = xs[:, :L] * taps[0]
-        for k in range(1, len(taps)):
-            out.addcmul_(xs[:, k:k + L], taps[k])
-        return out
+        # (size, C): each tap's weights contiguous, not strided by the size
+        return causal_taps(xs, weight.t().contiguous(), L, inplace=True)
 
     @staticmethod
     @once_differentiable
@@ -275,7 +283,7 @@ class HopeMemoryMixer(nn.Module):
         """Outputs of the k, v, eta, alpha boxes (B, 4, H, T, d) -> keys, values, eta, log_alpha."""
         # unbind, not four selects: a select's backward writes into zeros of the whole (B, 4, H, T, d)
         k_box, v_box, eta_box, alpha_box = outs.unbind(1)
-        if torch.is_grad_enabled():  # the rates' products keep their inputs for backward: copies of two boxes, not
+        if eager_autograd():  # the rates' products keep their inputs for backward: copies of two boxes, not
             eta_box, alpha_box = eta_box.clone(), alpha_box.clone()  # views that keep the read of all four alive
         keys, values = l2norm(k_box), v_box
         if self.config.value_norm:
