@@ -23,6 +23,7 @@ import torch
 import torch.utils.checkpoint
 from torch.autograd.function import once_differentiable
 
+from .continuum_memory import eager_autograd
 from .memory_chunk import (ACTIVATIONS, FastWeights, MemoryRead, chunk_update_read, end_state, inner_update_factors,
                            memory_read, row_flags, step_scale_w1, step_scale_w2, with_eval)
 
@@ -100,7 +101,7 @@ def chunk_coefficients(eta, log_alpha, log_beta, active):
     traces the plain products, which inductor fuses).
     """
     inputs = (eta, log_alpha) if log_beta is None else (eta, log_alpha, log_beta)
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and any(t.requires_grad for t in inputs):
+    if eager_autograd() and any(t.requires_grad for t in inputs):
         out = ChunkCoefficients.apply(eta, log_alpha, log_beta, active)
         return out if log_beta is not None else (*out, None, None)
     return _coefficients(eta, log_alpha, log_beta, active)[0]

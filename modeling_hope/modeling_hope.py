@@ -106,7 +106,7 @@ def l2norm(x):
     """x / max(||x||, 1e-6) (F.normalize's values); under autograd, `L2NormFunction`."""
     if eager_autograd() and x.requires_grad:
         return L2NormFunction.apply(x)
-    return F.normalize(x, dim=-1, eps=1e-6)
+    return F.normalize(x, dim=-1, eps=L2NormFunction.EPS)
 
 
 class L2NormFunction(torch.autograd.Function):
@@ -150,7 +150,7 @@ class ShortConv(nn.Module):
         if torch.compiler.is_compiling():  # inductor fuses the taps and chooses what backward keeps
             out = causal_taps(xs, self.weight.t(), L)
         else:
-            recompute = () if source is None or not torch.is_grad_enabled() else (*source, state)
+            recompute = (*source, state) if source is not None and eager_autograd() else ()
             out = ShortConvFunction.apply(xs, self.weight, L, *recompute)
         if int(lengths.min()) == L:  # every row full: the tail is the last size - 1 inputs (counted from the end of
             # xs: a start of L made inductor lose L's shape symbol), copied: a view would keep all of xs alive

@@ -91,3 +91,10 @@ def test_short_conv_recomputing_its_projection_equals_keeping_it():
     assert torch.equal(out, want)
     for a, b in zip(grads, want_grads):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # and against depthwise conv1d, autograd through the projection and the tail
+    x = F.linear(z, W)
+    ref = reference(x, state, conv.weight)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    loss = (ref * torch.ones_like(ref).cumsum(1)).sum() + torch.cat([state, x], 1)[:, -(size - 1):].pow(2).sum()
+    for a, b in zip(grads, torch.autograd.grad(loss, (z, W, state, conv.weight))):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
