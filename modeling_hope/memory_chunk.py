@@ -114,9 +114,10 @@ class FactorTerms(NamedTuple):
     Z: torch.Tensor
     Hh: torch.Tensor
     Y: torch.Tensor
-    dZ: torch.Tensor  # act'(Z)
+    dZ: torch.Tensor  # act'(Z): all rows with `all_rows`, else the keys' rows
+    sig: torch.Tensor | None  # sigmoid(Z) for silu (its second derivative reuses it), else None
     err: torch.Tensor
-    col_norms: torch.Tensor  # n_j = ||W1[:, j]||^2
+    dhn: torch.Tensor  # dh_j n_j, with n_j = ||W1[:, j]||^2
     e1: torch.Tensor  # err W1
     s1: torch.Tensor
     s2: torch.Tensor
@@ -124,22 +125,48 @@ class FactorTerms(NamedTuple):
     b2: torch.Tensor
 
 
-def factor_terms(keys, values, W1, W2, act: str, dgd: float, self_generated: bool) -> FactorTerms:
+def activation_terms(act: str, Z, rows=None):
+    """(act(Z), act'(Z), sigmoid(Z) or None): the derivative over the first `rows` rows only when given; for silu
+    all from one sigmoid, silu' = s + silu (1 - s)."""
+    if act == "silu":
+        s = torch.sigmoid(Z)
+        f = Z * s
+        sk, fk = (s, f) if rows is None else (s[..., :rows, :], f[..., :rows, :])
+        return f, torch.addcmul(sk, fk, 1 - sk), s
+    fn, grad, *_ = ACTIVATIONS[act]
+    return fn(Z), grad(Z if rows is None else Z[..., :rows, :]), None
+
+
+def activation_grad2(act: str, z, dz, s):
+    """act''(z) given dz = act'(z) and s = sigmoid(z) (silu: s (1 - s) (2 + z (1 - 2 s)) = s + dz (1 - 2 s))."""
+    if act == "silu":
+        return torch.addcmul(s, dz, torch.rsub(s, 1, alpha=2))
+    return ACTIVATIONS[act][2](z)
+
+
+def factor_terms(keys, values, W1, W2, act: str, dgd: float, self_generated: bool, all_rows: bool = False,
+                 X=None) -> FactorTerms:
+    """`X` may be passed when the caller has [k; v] (or k) already (keys and values are then views of it)."""
     C = keys.shape[-2]
-    X = torch.cat(torch.broadcast_tensors(keys, values), -2) if self_generated else keys
+    if X is None:
+        X = torch.cat(torch.broadcast_tensors(keys, values), -2) if self_generated else keys
     Z = X @ W2.mT
-    Hh, dZ = ACTIVATIONS[act][3](Z)
+    Hh, dZ, sig = activation_terms(act, Z, None if all_rows else C)
     Y = Hh @ W1.mT
     if self_generated:  # split, not slices: a slice's backward writes into zeros of the full size
-        (z, _), (h, _), (y, yv), (dh, _) = (t.split(C, -2) for t in (Z, Hh, Y, dZ))
-        err = keys + y - (values + yv)
+        (z, _), (h, _), (y, yv) = (t.split(C, -2) for t in (Z, Hh, Y))
+        err = (keys - values) + (y - yv)
     else:
-        z, h, y, dh, err = Z, Hh, Y, dZ, keys + Y - values
-    col_norms = (W1 * W1).sum(-2)
+        z, h, y = Z, Hh, Y
+        err = (keys - values) + Y
+    dh = dZ[..., :C, :]
+    dhn = dh * (W1 * W1).sum(-2)[..., None, :]
     e1 = err @ W1
     s1 = step_scale_w1(h)
-    s2 = 1.0 / (1.0 + (dh * dh * col_norms[..., None, :]).sum(-1, keepdim=True))
-    return FactorTerms(X, Z, Hh, Y, dZ, err, col_norms, e1, s1, s2, (err + dgd * y) * s1, (e1 * dh + dgd * z) * s2)
+    s2 = torch.reciprocal((dhn * dh).sum(-1, keepdim=True) + 1)  # step_scale_w2
+    b1 = (torch.add(err, y, alpha=dgd) if dgd else err) * s1
+    b2 = (torch.addcmul(z * dgd, e1, dh) if dgd else e1 * dh) * s2
+    return FactorTerms(X, Z, Hh, Y, dZ, sig, err, dhn, e1, s1, s2, b1, b2)
 
 
 def inner_update_factors(keys, values, W1, W2, act: str, dgd: float, self_generated: bool):
@@ -273,6 +300,42 @@ def _sum_memories(t, read_groups: tuple):
     return t if P == 1 else t.unflatten(0, (-1, P, H)).sum(1).flatten(0, 1)
 
 
+def _chunk_factors(k, v, W1e, W2e, act, dgd, self_generated, read_groups, all_rows=False) -> FactorTerms:
+    """`factor_terms` of every memory from the per-(batch, head) keys and values: [k; v] is built once per head and
+    repeated for the P memories."""
+    C = k.shape[-2]
+    if self_generated:
+        X = _expand_memories(torch.cat([k, v], -2), read_groups)
+        return factor_terms(X[:, :C], X[:, C:], W1e, W2e, act, dgd, True, all_rows, X)
+    X = _expand_memories(k, read_groups)
+    return factor_terms(X, _expand_memories(v, read_groups), W1e, W2e, act, dgd, False, all_rows, X)
+
+
+def _end_coefficients(A, c, G, beta_end, s_end, momentum, read_groups):
+    """What the end state takes of the chunk's coefficients, per memory: A_C, c_C (N, 1, 1), G's last row g (N, C)
+    and, with momentum, beta_C (N, 1, 1) and s (N, C) (else None, None)."""
+    rows = [A[:, -1:, None], c[:, -1:, None], G[:, -1]] + ([beta_end, s_end] if momentum else [])
+    rows = [_expand_memories(t, read_groups) for t in rows]
+    return rows if momentum else rows + [None, None]
+
+
+def _end_weights(W, S, a, b, A_end, c_end, g, beta_end, s):
+    """W' = A_C W + c_C S - sum_i g_i b_i a_i^T and, with momentum, S' = beta_C S - sum_i s_i b_i a_i^T (else None)."""
+    W_new = torch.baddbmm(torch.addcmul(A_end * W, c_end, S), (b * g[..., None]).mT, a, alpha=-1)
+    if s is None:
+        return W_new, None
+    return W_new, torch.baddbmm(beta_end * S, (b * s[..., None]).mT, a, alpha=-1)
+
+
+def _dots(gWS, W, S):
+    """(N, K, 2): the inner products of each of gWS's K blocks (gW', then gS') with W and with S, as products over
+    their entries (no elementwise temporaries)."""
+    N = W.shape[0]
+    blocks = gWS.reshape(N, -1, W[0].numel())
+    # W as a (1 x dR) row transposed: MKL takes that layout 8x faster than a (dR x 1) column
+    return torch.cat([torch.bmm(blocks, W.reshape(N, 1, -1).mT), torch.bmm(blocks, S.reshape(N, 1, -1).mT)], -1)
+
+
 class ChunkUpdateRead(torch.autograd.Function):
     """Forward: `updated_weights` and `dual_read` of one chunk. Backward by hand (derivation in the comments),
     from the saved inputs only."""
@@ -281,134 +344,129 @@ class ChunkUpdateRead(torch.autograd.Function):
     def forward(ctx, W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q, act, dgd, self_generated,
                 momentum, read_groups):
         ctx.save_for_backward(W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q)
-        coefficients = (A, c, G, beta_end if momentum else None, s_end if momentum else None)
-        state = FastWeights(W1e, W2e, W1, W2, S1, S2)
-        k_all, v_all = _expand_memories(k, read_groups), _expand_memories(v, read_groups)
-        factors = inner_update_factors(k_all, v_all, W1e, W2e, act, dgd, self_generated)
-        new = updated_weights(state, factors, [t if t is None else _expand_memories(t, read_groups)
-                                               for t in coefficients])
-        if q.numel():
-            last = FastWeights(*(_last_memory(t, read_groups) for t in state))
-            a1, b1, _, b2 = (_last_memory(f, read_groups) for f in factors)
-            out = dual_read(last, q, (a1, b1, k, b2), (A, c, G), act)
-        else:
-            out = q
         ctx.options = act, dgd, self_generated, momentum, read_groups
+        C = k.shape[-2]
+        t = _chunk_factors(k, v, W1e, W2e, act, dgd, self_generated, read_groups)
+        a1, b1, a2, b2 = t.Hh[:, :C], t.b1, t.X[:, :C], t.b2
+        ends = _end_coefficients(A, c, G, beta_end, s_end, momentum, read_groups)
+        (W1n, S1n), (W2n, S2n) = _end_weights(W1, S1, a1, b1, *ends), _end_weights(W2, S2, a2, b2, *ends)
         if not momentum:  # S is passed through: an output must not be one of the inputs
-            new = (*new[:2], S1.clone(), S2.clone())
-        return (*new, out)
+            S1n, S2n = S1.clone(), S2.clone()
+        out = q
+        if q.numel():
+            last = lambda x: _last_memory(x, read_groups)  # noqa: E731
+            out = dual_read(FastWeights(None, None, last(W1), last(W2), last(S1), last(S2)), q,
+                            (last(a1), last(b1), k, last(b2)), (A, c, G), act)
+        return W1n, W2n, S1n, S2n, out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gW1n, gW2n, gS1n, gS2n, gout):
-        W1e, W2e, W1, W2, S1, S2, k_read, v, A_read, c_read, G_read, beta_end, s_end, q = ctx.saved_tensors
+        W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q = ctx.saved_tensors
         act, dgd, self_generated, momentum, read_groups = ctx.options
-        k, v, A, c, G = (_expand_memories(t, read_groups) for t in (k_read, v, A_read, c_read, G_read))
-        if momentum:
-            beta_end, s_end = _expand_memories(beta_end, read_groups), _expand_memories(s_end, read_groups)
-        _, grad, grad2, _ = ACTIVATIONS[act]
-        C = k.shape[-2]
+        _, grad, _, _ = ACTIVATIONS[act]
+        N, C = W1.shape[0], k.shape[-2]
         gW1n, gW2n, gS1n, gS2n = (torch.zeros_like(t) if g is None else g
                                   for g, t in zip((gW1n, gW2n, gS1n, gS2n), (W1, W2, S1, S2)))
-        t = factor_terms(k, v, W1e, W2e, act, dgd, self_generated)
-        a1, b1, a2, b2 = t.Hh[:, :C], t.b1, k, t.b2
+        t = _chunk_factors(k, v, W1e, W2e, act, dgd, self_generated, read_groups, all_rows=True)
+        a1, b1, a2, b2 = t.Hh[:, :C], t.b1, t.X[:, :C], t.b2
+        A_end, c_end, g, beta, s = _end_coefficients(A, c, G, beta_end, s_end, momentum, read_groups)
 
-        # End state: W' = A_C W + c_C S - sum_i g_i b_i a_i^T, S' = beta_C S - sum_i s_i b_i a_i^T (or S' = S).
-        A_end, c_end = A[:, -1, None, None], c[:, -1, None, None]
+        # End state: W' = A_C W + c_C S - sum_i g_i b_i a_i^T, S' = beta_C S - sum_i s_i b_i a_i^T (or S' = S). The
+        # K = 2 blocks (W's and S's terms, with weights coef = (g, s)) in one product each: a (gW'; gS')^T, and
+        # (g b, s b) (gW'; gS').
         gW1, gW2 = A_end * gW1n, A_end * gW2n
-        gS1, gS2 = c_end * gW1n, c_end * gW2n
-        gA, gc, gG = torch.zeros_like(A), torch.zeros_like(c), torch.zeros_like(G)
-        gA[:, -1] = _dot(gW1n, W1) + _dot(gW2n, W2)
-        gc[:, -1] = _dot(gW1n, S1) + _dot(gW2n, S2)
-        g = G[:, -1, :, None]  # (N, C, 1)
         if momentum:
-            gS1, gS2 = torch.addcmul(gS1, beta_end, gS1n), torch.addcmul(gS2, beta_end, gS2n)
-            g_beta = (_dot(gS1n, S1) + _dot(gS2n, S2))[:, None, None]
-            neg_g, neg_s = -g, -s_end[..., None]
-            # one product for W's and S's terms: a (gW'; gS')^T, and (g b, s b) (gW'; gS')
-            gWS1, gWS2 = torch.cat([gW1n, gS1n], -2), torch.cat([gW2n, gS2n], -2)
-            p1w, p1s = (a1 @ gWS1.mT).split(b1.shape[-1], -1)  # (N, C, d) each
-            p2w, p2s = (a2 @ gWS2.mT).split(b2.shape[-1], -1)  # (N, C, R) each
-            gb1, gb2 = torch.addcmul(neg_g * p1w, neg_s, p1s), torch.addcmul(neg_g * p2w, neg_s, p2s)
-            ga1 = torch.cat([b1 * neg_g, b1 * neg_s], -1) @ gWS1
-            ga2 = torch.cat([b2 * neg_g, b2 * neg_s], -1) @ gWS2
-            gG[:, -1] = -((b1 * p1w).sum(-1) + (b2 * p2w).sum(-1))
-            g_s = -((b1 * p1s).sum(-1) + (b2 * p2s).sum(-1))
+            gS1, gS2 = torch.addcmul(c_end * gW1n, beta, gS1n), torch.addcmul(c_end * gW2n, beta, gS2n)
+            gWS1, gWS2 = torch.cat([gW1n, gS1n], -2), torch.cat([gW2n, gS2n], -2)  # (N, 2d, R), (N, 2R, d)
+            coef = torch.stack([g, s], -1)
         else:
-            gS1, gS2 = gS1 + gS1n, gS2 + gS2n
-            g_beta = g_s = None
-            p1w, p2w = a1 @ gW1n.mT, a2 @ gW2n.mT
-            gb1, gb2 = -(g * p1w), -(g * p2w)
-            ga1, ga2 = -((g * b1) @ gW1n), -((g * b2) @ gW2n)
-            gG[:, -1] = -((b1 * p1w).sum(-1) + (b2 * p2w).sum(-1))
+            gS1, gS2 = torch.addcmul(gS1n, c_end, gW1n), torch.addcmul(gS2n, c_end, gW2n)
+            gWS1, gWS2, coef = gW1n, gW2n, g[..., None]
+        K, d, R = coef.shape[-1], b1.shape[-1], b2.shape[-1]
+        dots = _dots(gWS1, W1, S1) + _dots(gWS2, W2, S2)  # [k, 0]: <block k, W>, [k, 1]: <block k, S>
+        neg = coef.neg()
+        p1, p2 = torch.bmm(a1, gWS1.mT), torch.bmm(a2, gWS2.mT)  # (N, C, K d), (N, C, K R)
+        gb1, gb2 = p1[..., :d] * neg[..., :1], p2[..., :R] * neg[..., :1]
+        if momentum:
+            gb1.addcmul_(p1[..., d:], neg[..., 1:])
+            gb2.addcmul_(p2[..., R:], neg[..., 1:])
+        ga1 = torch.bmm((b1.unsqueeze(-2) * neg.unsqueeze(-1)).flatten(-2), gWS1)
+        ga2 = torch.bmm((b2.unsqueeze(-2) * neg.unsqueeze(-1)).flatten(-2), gWS2)
+        g_coef = (p1.unflatten(-1, (K, d)) * b1.unsqueeze(-2)).sum(-1)
+        g_coef = g_coef.add_((p2.unflatten(-1, (K, R)) * b2.unsqueeze(-2)).sum(-1)).neg_()  # (N, C, K)
 
         # Read of the last memory: z = A (q W2^T) + c (q S2^T) - (G * q a2^T) b2, h = act(z),
-        # out = q + A (h W1^T) + c (h S1^T) - (G * h a1^T) b1.
+        # out = q + A (h W1^T) + c (h S1^T) - (G * h a1^T) b1. A, c, G, k are the reading memory's already.
         gq = None
         if q.numel():
-            Wr1, Wr2, Sr1, Sr2, ar1, br1, ar2, br2, Ar, cr, Gr = (
-                _last_memory(x, read_groups) for x in (W1, W2, S1, S2, a1, b1, a2, b2, A, c, G))
-            qW2, qS2, qa2, z, h, hW1, hS1, ha1 = read_terms(Wr1, Wr2, Sr1, Sr2, (ar1, br1, ar2, br2), q, (Ar, cr, Gr),
+            Wr1, Wr2, Sr1, Sr2, ar1, br1, br2 = (_last_memory(x, read_groups) for x in (W1, W2, S1, S2, a1, b1, b2))
+            ar2 = k
+            qW2, qS2, qa2, z, h, hW1, hS1, ha1 = read_terms(Wr1, Wr2, Sr1, Sr2, (ar1, br1, ar2, br2), q, (A, c, G),
                                                              act)
             go = gout
-            Ae, ce = Ar[..., None], cr[..., None]
-            gAr, gcr = (go * hW1).sum(-1), (go * hS1).sum(-1)
+            Ae, ce = A[..., None], c[..., None]
+            gA, gc = (go * hW1).sum(-1), (go * hS1).sum(-1)
             Q1 = go @ br1.mT  # Q1_ji = gout_j . b1_i
-            GQ1 = Gr * Q1
-            gGr = -(Q1 * ha1)
+            GQ1 = G * Q1
+            gG = -(Q1 * ha1)
             gWr1, gSr1 = (Ae * go).mT @ h, (ce * go).mT @ h
-            gar1, gbr1 = -(GQ1.mT @ h), -((Gr * ha1).mT @ go)
+            gar1, gbr1 = -(GQ1.mT @ h), -((G * ha1).mT @ go)
             gz = (Ae * (go @ Wr1) + ce * (go @ Sr1) - GQ1 @ ar1) * grad(z)
-            gAr, gcr = gAr + (gz * qW2).sum(-1), gcr + (gz * qS2).sum(-1)
+            gA, gc = gA + (gz * qW2).sum(-1), gc + (gz * qS2).sum(-1)
             Q2 = gz @ br2.mT
-            GQ2 = Gr * Q2
-            gGr = gGr - Q2 * qa2
+            GQ2 = G * Q2
+            gG = gG - Q2 * qa2
             gWr2, gSr2 = (Ae * gz).mT @ q, (ce * gz).mT @ q
-            gar2, gbr2 = -(GQ2.mT @ q), -((Gr * qa2).mT @ gz)
+            gar2, gbr2 = -(GQ2.mT @ q), -((G * qa2).mT @ gz)
             gq = go + Ae * (gz @ Wr2) + ce * (gz @ Sr2) - GQ2 @ ar2
-            for total, part in zip((gW1, gW2, gS1, gS2, ga1, gb1, ga2, gb2, gA, gc, gG),
-                                   (gWr1, gWr2, gSr1, gSr2, gar1, gbr1, gar2, gbr2, gAr, gcr, gGr)):
+            for total, part in zip((gW1, gW2, gS1, gS2, ga1, gb1, ga2, gb2),
+                                   (gWr1, gWr2, gSr1, gSr2, gar1, gbr1, gar2, gbr2)):
                 _add_last(total, part, read_groups)
+        else:
+            gA, gc, gG = torch.zeros_like(A), torch.zeros_like(c), torch.zeros_like(G)
+        dots, g_coef = _sum_memories(dots, read_groups), _sum_memories(g_coef, read_groups)
+        gA[:, -1] += dots[:, 0, 0]
+        gc[:, -1] += dots[:, 0, 1]
+        gG[:, -1] += g_coef[..., 0]
+        g_beta, g_s = (dots[:, 1, 1].view(beta_end.shape), g_coef[..., 1]) if momentum else (None, None)
 
         # Factors: b1 = (err + dgd y) s1, b2 = (e1 * dh + dgd z) s2 with e1 = err W1e, a1 = h, a2 = k.
-        gW1e, gW2e, gk, gv = _factor_backward(t, k, W1e, W2e, ga1, gb1, ga2, gb2, dgd, self_generated, grad2)
-        shared = [None if t is None else _sum_memories(t, read_groups) for t in (gk, gv, gA, gc, gG, g_beta, g_s)]
-        return (gW1e, gW2e, gW1, gW2, gS1, gS2, *shared, gq, None, None, None, None, None)
+        gW1e, gW2e, gX, gv = _factor_backward(t, W1e, W2e, ga1, gb1, ga2, gb2, dgd, self_generated, act)
+        gX = _sum_memories(gX, read_groups)
+        gk, gv = (gX[:, :C], gX[:, C:]) if self_generated else (gX, _sum_memories(gv, read_groups))
+        return (gW1e, gW2e, gW1, gW2, gS1, gS2, gk, gv, gA, gc, gG, g_beta, g_s, gq, None, None, None, None, None)
 
 
-def _dot(x, y):
-    """<x, y> per memory: (N, a, b) -> (N,)."""
-    return (x * y).sum((-2, -1))
-
-
-def _factor_backward(t: FactorTerms, k, W1e, W2e, ga1, gb1, ga2, gb2, dgd, self_generated, grad2):
-    C = k.shape[-2]
-    key_rows = slice(0, C)
-    h, z, dh, y = t.Hh[:, key_rows], t.Z[:, key_rows], t.dZ[:, key_rows], t.Y[:, key_rows]
-    # b1 = (err + dgd y) s1, s1 = 1 / (1 + |h|^2)
-    g_s1 = (gb1 * (t.err + dgd * y)).sum(-1, keepdim=True)
-    g_err = gb1 * t.s1
-    g_y = dgd * g_err
-    g_h = ga1 - 2 * g_s1 * t.s1 * t.s1 * h
-    # b2 = (e1 * dh + dgd z) s2, s2 = 1 / (1 + sum_j dh_j^2 n_j), n_j = |W1e[:, j]|^2
-    g_s2 = (gb2 * (t.e1 * dh + dgd * z)).sum(-1, keepdim=True)
+def _factor_backward(t: FactorTerms, W1e, W2e, ga1, gb1, ga2, gb2, dgd, self_generated, act):
+    """From the gradients at the factors (a1 = h, b1, a2 = k, b2) to those at W1e, W2e and X = [k; v] (or k, and
+    then at v apart). No autograd here: buffers not used again are updated in place."""
+    C = gb1.shape[-2]
+    h, z, dh = t.Hh[:, :C], t.Z[:, :C], t.dZ[:, :C]
+    # b1 = (err + dgd y) s1, s1 = 1 / (1 + |h|^2): err + dgd y = b1 / s1 and d s1 / dh = -2 s1^2 h
+    g_h = torch.addcmul(ga1, h, (gb1 * t.b1).sum(-1, keepdim=True).mul_(t.s1), value=-2)
+    g_err0 = gb1 * t.s1  # at err, and dgd times it at y
+    # b2 = (e1 * dh + dgd z) s2, s2 = 1 / (1 + sum_j dh_j^2 n_j), n_j = |W1e[:, j]|^2: likewise at the denominator
+    g_den = (gb2 * t.b2).sum(-1, keepdim=True).mul_(t.s2).neg_()
     gb2s = gb2 * t.s2
     g_e1 = gb2s * dh
-    g_den = -g_s2 * t.s2 * t.s2  # gradient at the denominator 1 + sum_j dh_j^2 n_j
-    g_dh = gb2s * t.e1 + 2 * g_den * dh * t.col_norms[:, None, :]
-    g_z = dgd * gb2s + g_dh * grad2(z)
-    gW1e = torch.baddbmm(2 * W1e * (g_den * dh * dh).sum(-2)[:, None, :], t.err.mT, g_e1)
-    g_err = torch.baddbmm(g_err, g_e1, W1e.mT)
-    # err = k + y - v - yv (yv = the values' rows of Y with self-generated targets)
-    g_y = g_y + g_err
-    g_Y = torch.cat([g_y, -g_err], -2) if self_generated else g_y
+    g_z = torch.addcmul(gb2s * t.e1, t.dhn, g_den, value=2)  # at dh, then at z through dh = act'(z)
+    g_z.mul_(activation_grad2(act, z, dh, None if t.sig is None else t.sig[:, :C]))
+    if dgd:
+        g_z.add_(gb2s, alpha=dgd)
+    gW1e = torch.baddbmm(W1e * torch.bmm(g_den.mT, dh * dh).mul_(2), t.err.mT, g_e1)  # through n_j and e1
+    g_err = torch.baddbmm(g_err0, g_e1, W1e.mT)
+    # err = k + y - v (- yv, the values' rows of Y with self-generated targets)
+    g_y = torch.add(g_err, g_err0, alpha=dgd) if dgd else g_err
+    g_Y = torch.cat([g_y, g_err.neg()], -2) if self_generated else g_y
     # Y = Hh W1e^T, Hh = act(Z), Z = X W2e^T, X = [k; v] or k
-    g_Hh = g_Y @ W1e
-    gW1e = torch.baddbmm(gW1e, g_Y.mT, t.Hh)
-    g_Z = g_Hh.mul_(t.dZ)  # g_Hh is not used again
-    g_Z[:, key_rows].addcmul_(g_h, dh).add_(g_z)
-    gW2e = g_Z.mT @ t.X
-    g_X = g_Z @ W2e
-    gk = ga2 + g_err + g_X[:, key_rows]
-    gv = (g_X[:, C:] if self_generated else 0) - g_err
-    return gW1e, gW2e, gk, gv
+    gW1e.baddbmm_(g_Y.mT, t.Hh)
+    g_Z = torch.bmm(g_Y, W1e).mul_(t.dZ)
+    g_Z[:, :C].addcmul_(g_h, dh).add_(g_z)
+    gW2e = torch.bmm(g_Z.mT, t.X)
+    g_X = torch.bmm(g_Z, W2e)
+    g_X[:, :C].add_(ga2).add_(g_err)
+    if self_generated:
+        g_X[:, C:].sub_(g_err)
+        return gW1e, gW2e, g_X, None
+    return gW1e, gW2e, g_X, g_err.neg()
