@@ -449,7 +449,7 @@ def fused_chunk_step(state, u, q_c, active_c, complete, adaptive, produce, log_b
     shared = [None if t is None else t.flatten(0, 1) for t in (keys, values, q_c, *coefficients)]  # (B H, ...)
     new, out = chunk_update_read(FastWeights(*(t.flatten(0, 2) for t in state)), *shared[:3], shared[3:], act, dgd,
                                  self_generated, (P, H))
-    return out.unflatten(0, (B, H)), with_eval(state, *(t.unflatten(0, (B, P, H)) for t in new), complete)
+    return out.view(B, H, *out.shape[1:]), with_eval(state, *(t.view(B, P, H, *t.shape[1:]) for t in new), complete)
 
 
 def _chunks(tensors, sizes):
