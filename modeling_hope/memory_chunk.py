@@ -146,7 +146,8 @@ def activation_grad2(act: str, z, dz, s):
 
 def factor_terms(keys, values, W1, W2, act: str, dgd: float, self_generated: bool, all_rows: bool = False,
                  X=None) -> FactorTerms:
-    """`X` may be passed when the caller has [k; v] (or k) already (keys and values are then views of it)."""
+    """The terms of `inner_update_factors`: act' over all 2C rows of Z with `all_rows` (the backward's), else over
+    the keys' rows. `X` = [k; v] (or k) when the caller has it (keys and values are then views of it)."""
     C = keys.shape[-2]
     if X is None:
         X = torch.cat(torch.broadcast_tensors(keys, values), -2) if self_generated else keys
@@ -165,7 +166,7 @@ def factor_terms(keys, values, W1, W2, act: str, dgd: float, self_generated: boo
     s1 = step_scale_w1(h)
     s2 = torch.reciprocal((dhn * dh).sum(-1, keepdim=True) + 1)  # step_scale_w2
     b1 = (torch.add(err, y, alpha=dgd) if dgd else err) * s1
-    b2 = (torch.addcmul(z * dgd, e1, dh) if dgd else e1 * dh) * s2
+    b2 = (torch.addcmul(z if dgd == 1 else z * dgd, e1, dh) if dgd else e1 * dh) * s2
     return FactorTerms(X, Z, Hh, Y, dZ, sig, err, dhn, e1, s1, s2, b1, b2)
 
 
@@ -214,7 +215,7 @@ def read_terms(W1, W2, S1, S2, factors, queries, coefficients, act: str) -> Read
     R = W2.shape[-2]
     WS1, WS2 = torch.cat([W1, S1], -2), torch.cat([W2, S2], -2)
     qWS2, qa2 = torch.bmm(queries, WS2.mT), torch.bmm(queries, a2.mT)
-    z = torch.baddbmm(torch.addcmul(A * qWS2[..., :R], c, qWS2[..., R:]), G * qa2, b2, alpha=-1)
+    z = torch.addcmul(A * qWS2[..., :R], c, qWS2[..., R:]) - torch.bmm(G * qa2, b2)
     h = ACTIVATIONS[act][0](z)
     return ReadTerms(WS1, WS2, qWS2, qa2, z, h, torch.bmm(h, WS1.mT), torch.bmm(h, a1.mT))
 
@@ -225,8 +226,9 @@ def dual_read(state: FastWeights, queries, factors, coefficients, act):
     t = read_terms(state.W1, state.W2, state.S1, state.S2, factors, queries, coefficients, act)
     A, c, G = coefficients[0][..., None], coefficients[1][..., None], coefficients[2]
     d = queries.shape[-1]
-    out = torch.addcmul(torch.addcmul(queries, A, t.hWS1[..., :d]), c, t.hWS1[..., d:])
-    return torch.baddbmm(out, G * t.ha1, factors[1], alpha=-1)
+    # no baddbmm on this path (nor in `_end_weights`): under autocast it would cast its float32 input to bfloat16
+    return torch.addcmul(torch.addcmul(queries, A, t.hWS1[..., :d]), c, t.hWS1[..., d:]) - torch.bmm(G * t.ha1,
+                                                                                                    factors[1])
 
 
 def updated_weights(state: FastWeights, factors, coefficients):
@@ -351,10 +353,10 @@ def _end_coefficients(A, c, G, beta_end, s_end, momentum, read_groups):
 
 def _end_weights(W, S, a, b, A_end, c_end, g, beta_end, s):
     """W' = A_C W + c_C S - sum_i g_i b_i a_i^T and, with momentum, S' = beta_C S - sum_i s_i b_i a_i^T (else None)."""
-    W_new = torch.baddbmm(torch.addcmul(A_end * W, c_end, S), (b * g[..., None]).mT, a, alpha=-1)
+    W_new = torch.addcmul(A_end * W, c_end, S) - torch.bmm((b * g[..., None]).mT, a)
     if s is None:
         return W_new, None
-    return W_new, torch.baddbmm(beta_end * S, (b * s[..., None]).mT, a, alpha=-1)
+    return W_new, beta_end * S - torch.bmm((b * s[..., None]).mT, a)
 
 
 def _dots(gWS, W, S):

@@ -100,6 +100,23 @@ def test_chunk_function_keeps_only_its_inputs():
     assert {t.data_ptr() for t in node.saved_tensors} <= inputs
 
 
+def test_chunk_function_keeps_float32_state_under_autocast():
+    """Under bfloat16 autocast the products run in bfloat16, but the state after the chunk and the read stay float32,
+    as through the plain functions (a state rounded to bfloat16 every chunk would drift; baddbmm, for one, casts its
+    float32 input under autocast), and the values agree to bfloat16's precision."""
+    gen = torch.Generator().manual_seed(0)
+    leaves, active = _inputs(gen, True, False)
+    leaves = [t.detach().float() for t in leaves]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        state, k, v, q, coefficients = _flat(leaves, active.float(), True)
+        new, out = chunk_update_read(state, k, v, q, coefficients, "silu", 1.0, True, (P, H))
+        ref_new, ref_out = _reference(state, _expand(k), _expand(v), q, [_expand(t) for t in coefficients], "silu",
+                                      1.0, True, (P, H))
+    assert [t.dtype for t in (*new, out)] == [t.dtype for t in (*ref_new, ref_out)] == [torch.float32] * 5
+    for a, b in zip((*new, out), (*ref_new, ref_out)):
+        torch.testing.assert_close(a, b, rtol=0.05, atol=0.05)
+
+
 @pytest.mark.parametrize("act", sorted(ACTIVATIONS))
 def test_memory_read_function_matches_autograd(act):
     """MemoryRead (recomputing act's input in backward) against autograd through memory_read, on weights that are a
