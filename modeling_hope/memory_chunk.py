@@ -369,7 +369,8 @@ def _dots(gWS, W, S):
 
 
 class ChunkUpdateRead(torch.autograd.Function):
-    """Forward: `updated_weights` and `dual_read` of one chunk. Backward by hand (derivation in the comments),
+    """Forward: the values of `updated_weights` (as `_end_weights`, with the shared coefficients taken per memory
+    only where the end state needs them) and `dual_read` of one chunk. Backward by hand (derivation in the comments),
     from the saved inputs only."""
 
     @staticmethod
