@@ -125,7 +125,7 @@ def _coefficients(eta, log_alpha, log_beta, active, keep: bool = False):
     M = mom.mul_(active[..., :, None]) if inplace else mom * active[..., :, None]
     gamma = decay @ M
     w = active * log_B.exp()
-    c = (decay @ w[..., None]).squeeze(-1)
+    c = (w.unsqueeze(-2) @ decay.mT).squeeze(-2)  # a row times the matrix: MKL's column form is 2-6x slower here
     beta_end = log_B[..., -1, None, None].exp()
     G = gamma.mul_(eta[..., None, :]) if inplace else gamma * eta[..., None, :]
     return (log_A.exp(), c, G, beta_end, s_end), (decay, gamma, n, mom, M, w)
@@ -172,7 +172,7 @@ class ChunkCoefficients(torch.autograd.Function):
             g_decay = torch.addcmul(g_gamma @ M.mT, gc[..., :, None], w[..., None, :])
             g_mom = (decay.mT @ g_gamma) * active[..., :, None]
             g_mom[..., -1, :] += g_s * eta
-            g_log_B = (decay.mT @ gc[..., None]).squeeze(-1) * w
+            g_log_B = (gc.unsqueeze(-2) @ decay).squeeze(-2) * w
             g_log_B[..., -1] += (g_beta * beta_end)[..., 0, 0]
             g_E = g_mom * mom
             g_log_B = g_log_B + g_E.sum(-1) - g_E.sum(-2)
