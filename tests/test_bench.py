@@ -204,4 +204,9 @@ def test_decode_section_warms_each_model_with_a_prefill_before_timing(one_thread
         assert calls[name][0] == 24  # the untimed prefill, before any context
         assert 1 in calls[name][1:]  # then the decoding
     assert sorted(set(calls["llama"][1:])) == [1, 16, 32]  # each context prefilled in one call, then tokens
+    # every context is reached before any token is timed, so that the contexts' decoding interleaves
+    assert calls["llama"][1:3] == [16, 32] and set(calls["llama"][3:]) == {1}
+    assert max(calls["hope"][1:]) > 1 and set(calls["hope"][1 + calls["hope"][1:].index(1):]) == {1}
+    hope = [result["by_context"][str(c)]["hope"] for c in (16, 32)]
+    assert [e["context_tokens"] for e in hope] == [16, 32] and all(e["steps"] == 2 for e in hope)
     assert result["method"].startswith("an untimed prefill of 24 tokens per model")

@@ -1,7 +1,11 @@
 """Decoding cost at a given context: ms per generated token (greedy, one sequence) after a prompt of `context`
 tokens. HOPE carries a HopeCache, which it reaches by prefilling in chunks (its state has a fixed size, so the
-chunking changes nothing but the peak memory of the prefill), continuing the same cache from one context to the next;
-Llama prefills each context in one call into its DynamicCache (KV cache), as generate() would."""
+chunking changes nothing but the peak memory of the prefill), continuing the same cache from one context to the next
+(each context decodes from its own copy); Llama prefills each context in one call into its DynamicCache (KV cache), as
+generate() would. Every context is reached first, and then all (model, context) pairs decode in turn, so that a slow
+phase of a shared machine hits every context, not only the ones measured during it."""
+
+import copy
 
 import torch
 
@@ -67,11 +71,12 @@ def run(models: dict, contexts, steps: int, prefill_chunk: int, llama_max_contex
         for model in (hope, llama):
             model(prompt[:, :warm], use_cache=True, logits_to_keep=1)
     hope_cache = HopeCache(hope.config)
-    results, skipped = {}, []
+    results, skipped, decoders = {}, [], {}
     for context in contexts:
         entry = {}
         seconds, logits = _advance_hope(hope, hope_cache, prompt, context, prefill_chunk)
-        decoders = {"hope": Decoder(hope, hope_cache, logits)}
+        # a copy decodes: the original goes on to the next context
+        decoders["hope", context] = Decoder(hope, copy.deepcopy(hope_cache), logits)
         entry["hope"] = {"context_tokens": hope_cache.get_seq_length(), "cache_bytes": cache_nbytes(hope_cache),
                          "prefill_seconds_to_reach": seconds,
                          "prefill_chunk": prefill_chunk}
@@ -85,35 +90,40 @@ def run(models: dict, contexts, steps: int, prefill_chunk: int, llama_max_contex
                 out = llama(prompt[:, :context], use_cache=True, logits_to_keep=1)
             entry["llama"] = {"context_tokens": out.cache.get_seq_length(), "cache_bytes": cache_nbytes(out.cache),
                               "prefill_seconds_to_reach": now() - start}
-            decoders["llama"] = Decoder(llama, out.cache, out.logits)
+            decoders["llama", context] = Decoder(llama, out.cache, out.logits)
             del out
-        for decoder in decoders.values():
-            for _ in range(warmup):
-                decoder.step()
-        # blocks of consecutive tokens per model, as generate() runs them, rather than one model's step always
-        # starting with the other's working set in the CPU caches
-        n = min(block, steps)
-        times = interleaved({name: (lambda d=d: d.steps(n)) for name, d in decoders.items()}, max(1, steps // n))
-        for name, t in times.items():
-            t = [x for b in t for x in b]
-            s = summary(t, 1)
-            entry[name].update(ms_per_token=1000 * s["best_seconds"], ms_per_token_median=1000 * s["median_seconds"],
-                               steps=len(t), cache_bytes_after=cache_nbytes(decoders[name].cache))
+        results[str(context)] = entry
+    del hope_cache
+    for decoder in decoders.values():
+        for _ in range(warmup):
+            decoder.step()
+    # blocks of consecutive tokens per (model, context), as generate() runs them, rather than one step always starting
+    # with another's working set in the CPU caches; every pair once per round, the order reversed every round
+    n = min(block, steps)
+    times = interleaved({key: (lambda d=d: d.steps(n)) for key, d in decoders.items()}, max(1, steps // n))
+    for (name, context), t in times.items():
+        t = [x for b in t for x in b]
+        s = summary(t, 1)
+        results[str(context)][name].update(ms_per_token=1000 * s["best_seconds"],
+                                           ms_per_token_median=1000 * s["median_seconds"], steps=len(t),
+                                           cache_bytes_after=cache_nbytes(decoders[name, context].cache))
+    del decoders
+    for context in contexts:
+        entry = results[str(context)]
         if "ms_per_token" in entry["llama"]:
             entry["hope_over_llama_ms"] = entry["hope"]["ms_per_token"] / entry["llama"]["ms_per_token"]
-        results[str(context)] = entry
         log(f"decode context {context}: hope {entry['hope']['ms_per_token']:.2f} ms/token "
             f"({entry['hope']['cache_bytes']} B state), llama "
             + (f"{entry['llama']['ms_per_token']:.2f} ms/token ({entry['llama']['cache_bytes']} B KV)"
                if "ms_per_token" in entry["llama"] else entry["llama"]["skipped"]))
-        del decoders
     first, last = str(contexts[0]), str(contexts[-1])
     growth = results[last]["hope"]["ms_per_token"] / results[first]["hope"]["ms_per_token"]
     return {"method": f"an untimed prefill of {warm} tokens per model (discarded), then greedy decoding of one "
                       "sequence with the model's cache after a random prompt of `context` "
-                      f"tokens; {warmup} untimed steps, then {steps} timed steps per model in blocks of {block} "
-                      "consecutive tokens, the models' blocks alternating (order swapped every block); "
-                      "ms_per_token is the best step, ms_per_token_median the median; HOPE reaches each context by "
-                      "continuing one HopeCache in prefill chunks, Llama prefills each context in one call",
+                      f"tokens; every context reached first (HOPE by continuing one HopeCache in prefill chunks, "
+                      "each context decoding from its own copy; Llama by one prefill call per context), then "
+                      f"{warmup} untimed steps and {steps} timed steps per model and context in blocks of {block} "
+                      "consecutive tokens, every (model, context) pair's block once per round, the order reversed "
+                      "every round; ms_per_token is the best step, ms_per_token_median the median",
             "steps": steps, "by_context": results,
             "hope_ms_at_largest_over_smallest_context": growth, "skipped": skipped}
