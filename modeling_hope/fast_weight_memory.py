@@ -476,7 +476,7 @@ def _inner_gradient(W1, W2, key, target, act, dgd):
         d2 = torch.zeros_like(W2, requires_grad=True)
         loss = 0.5 * (memory_read(key, W1 + d1, W2 + d2, act) - target).pow(2).sum()
         g1, g2 = torch.autograd.grad(loss, (d1, d2), create_graph=outer)
-    fn, grad, *_ = ACTIVATIONS[act]
+    fn, grad = ACTIVATIONS[act]
     a1, dh = fn(key @ W2.mT), grad(key @ W2.mT)
     u1 = (g1 + dgd * (a1 @ W1.mT).mT @ a1) * step_scale_w1(a1)
     u2 = (g2 + dgd * (key @ W2.mT).mT @ key) * step_scale_w2(dh, W1)

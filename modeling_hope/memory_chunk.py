@@ -38,18 +38,6 @@ def _silu_grad(z):
     return s * (1 + z * (1 - s))
 
 
-def _silu_value_and_grad(z):
-    """(silu(z), silu'(z)) from one sigmoid: silu' = s + silu (1 - s)."""
-    s = torch.sigmoid(z)
-    f = z * s
-    return f, s + f * (1 - s)
-
-
-def _silu_grad2(z):
-    s = torch.sigmoid(z)
-    return s * (1 - s) * (2 + z * (1 - 2 * s))
-
-
 def _normal_pdf(z):
     return torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
@@ -62,14 +50,9 @@ def _gelu_grad2(z):
     return _normal_pdf(z) * (2 - z * z)
 
 
-def _gelu_value_and_grad(z):
-    return F.gelu(z), _gelu_grad(z)
-
-
-# activation, its derivative (in the inner gradient), its second derivative (in that gradient's backward), and
-# (value, derivative) together
-ACTIVATIONS = {"silu": (F.silu, _silu_grad, _silu_grad2, _silu_value_and_grad),
-               "gelu": (F.gelu, _gelu_grad, _gelu_grad2, _gelu_value_and_grad)}
+# activation and its derivative (in the inner gradient); `activation_terms` takes both at once and
+# `activation_grad2` the second derivative (in that gradient's backward)
+ACTIVATIONS = {"silu": (F.silu, _silu_grad), "gelu": (F.gelu, _gelu_grad)}
 
 
 def memory_read(u, W1, W2, act: str):
@@ -98,7 +81,7 @@ class MemoryRead(torch.autograd.Function):
         saved = ctx.saved_tensors  # unpacked once (checkpointing allows no second unpack)
         u, W1, W2 = (t.reshape(-1, *t.shape[-2:]) for t in saved)
         g = g_out.reshape(u.shape)
-        h, dh = ACTIVATIONS[ctx.act][3](torch.bmm(u, W2.mT))
+        h, dh, _ = activation_terms(ctx.act, torch.bmm(u, W2.mT))
         g_W1 = torch.bmm(g.mT, h)
         g_z = torch.bmm(g, W1) * dh
         g_u = g + torch.bmm(g_z, W2)
@@ -133,15 +116,16 @@ def activation_terms(act: str, Z, rows=None):
         f = Z * s
         sk, fk = (s, f) if rows is None else (s[..., :rows, :], f[..., :rows, :])
         return f, torch.addcmul(sk, fk, 1 - sk), s
-    fn, grad, *_ = ACTIVATIONS[act]
+    fn, grad = ACTIVATIONS[act]
     return fn(Z), grad(Z if rows is None else Z[..., :rows, :]), None
 
 
 def activation_grad2(act: str, z, dz, s):
-    """act''(z) given dz = act'(z) and s = sigmoid(z) (silu: s (1 - s) (2 + z (1 - 2 s)) = s + dz (1 - 2 s))."""
+    """act''(z) given dz = act'(z) and s = sigmoid(z) (silu: s (1 - s) (2 + z (1 - 2 s)) = s + dz (1 - 2 s)); gelu's
+    from z."""
     if act == "silu":
         return torch.addcmul(s, dz, torch.rsub(s, 1, alpha=2))
-    return ACTIVATIONS[act][2](z)
+    return _gelu_grad2(z)
 
 
 def factor_terms(keys, values, W1, W2, act: str, dgd: float, self_generated: bool, all_rows: bool = False,
@@ -226,34 +210,32 @@ def dual_read(state: FastWeights, queries, factors, coefficients, act):
     t = read_terms(state.W1, state.W2, state.S1, state.S2, factors, queries, coefficients, act)
     A, c, G = coefficients[0][..., None], coefficients[1][..., None], coefficients[2]
     d = queries.shape[-1]
-    # no baddbmm on this path (nor in `_end_weights`): under autocast it would cast its float32 input to bfloat16
+    # no baddbmm on this path (nor in `updated_weights`): under autocast it would cast its float32 input to bfloat16
     return torch.addcmul(torch.addcmul(queries, A, t.hWS1[..., :d]), c, t.hWS1[..., d:]) - torch.bmm(G * t.ha1,
                                                                                                     factors[1])
 
 
 def updated_weights(state: FastWeights, factors, coefficients):
-    """(W1, W2, S1, S2) after the chunk."""
+    """(W1, W2, S1, S2) after the chunk: W' = A_C W + c_C S - sum_i g_i b_i a_i^T, S' = beta_C S - sum_i s_i b_i a_i^T
+    (S' = S without momentum), g the last row of G. Only A's and c's last entries and G's last row are read, so a
+    caller may pass just those (A, c (..., 1), G (..., 1, C)). The products are subtracted, not fused into baddbmm:
+    under autocast that would cast the float32 state to bfloat16."""
     a1, b1, a2, b2 = factors
     A, c, G, beta_end, s_end = coefficients
     g = G[..., -1, :, None]
     A_end, c_end = A[..., -1, None, None], c[..., -1, None, None]
-    if s_end is None:
-        W1 = A_end * state.W1 + c_end * state.S1 - (b1 * g).mT @ a1
-        W2 = A_end * state.W2 + c_end * state.S2 - (b2 * g).mT @ a2
-        return W1, W2, state.S1, state.S2
-    if b1.shape[-2] == 1:  # one slot (a decoded token): W and S take the same term -eta b a^T
+    if s_end is not None and b1.shape[-2] == 1:  # one slot (a decoded token): W and S take the same term -eta b a^T
         minus_u1, minus_u2 = (b1 * -g).mT @ a1, (b2 * -g).mT @ a2
         # addcmul: one pass over the state per term, where a multiply and an add take two
         W1 = torch.addcmul(torch.addcmul(minus_u1, c_end, state.S1), A_end, state.W1)
         W2 = torch.addcmul(torch.addcmul(minus_u2, c_end, state.S2), A_end, state.W2)
         return W1, W2, torch.addcmul(minus_u1, beta_end, state.S1), torch.addcmul(minus_u2, beta_end, state.S2)
-    # W and S take the same rank-one terms with other weights: one product each for both
+    W1 = torch.addcmul(A_end * state.W1, c_end, state.S1) - (b1 * g).mT @ a1
+    W2 = torch.addcmul(A_end * state.W2, c_end, state.S2) - (b2 * g).mT @ a2
+    if s_end is None:
+        return W1, W2, state.S1, state.S2
     s = s_end[..., None]
-    u1w, u1s = (torch.cat([b1 * g, b1 * s], -1).mT @ a1).split(b1.shape[-1], -2)
-    u2w, u2s = (torch.cat([b2 * g, b2 * s], -1).mT @ a2).split(b2.shape[-1], -2)
-    W1 = A_end * state.W1 + c_end * state.S1 - u1w
-    W2 = A_end * state.W2 + c_end * state.S2 - u2w
-    return W1, W2, beta_end * state.S1 - u1s, beta_end * state.S2 - u2s
+    return W1, W2, beta_end * state.S1 - (b1 * s).mT @ a1, beta_end * state.S2 - (b2 * s).mT @ a2
 
 
 def with_eval(state: FastWeights, W1, W2, S1, S2, complete) -> FastWeights:
@@ -344,19 +326,11 @@ def _chunk_factors(k, v, W1e, W2e, act, dgd, self_generated, read_groups, all_ro
 
 
 def _end_coefficients(A, c, G, beta_end, s_end, momentum, read_groups):
-    """What the end state takes of the chunk's coefficients, per memory: A_C, c_C (N, 1, 1), G's last row g (N, C)
-    and, with momentum, beta_C (N, 1, 1) and s (N, C) (else None, None)."""
-    rows = [A[:, -1:, None], c[:, -1:, None], G[:, -1]] + ([beta_end, s_end] if momentum else [])
+    """What the end state takes of the chunk's coefficients (`updated_weights`), per memory: A's and c's last entries
+    (N, 1), G's last row (N, 1, C) and, with momentum, beta_C (N, 1, 1) and s (N, C) (else None, None)."""
+    rows = [A[:, -1:], c[:, -1:], G[:, -1:]] + ([beta_end, s_end] if momentum else [])
     rows = [_expand_memories(t, read_groups) for t in rows]
     return rows if momentum else rows + [None, None]
-
-
-def _end_weights(W, S, a, b, A_end, c_end, g, beta_end, s):
-    """W' = A_C W + c_C S - sum_i g_i b_i a_i^T and, with momentum, S' = beta_C S - sum_i s_i b_i a_i^T (else None)."""
-    W_new = torch.addcmul(A_end * W, c_end, S) - torch.bmm((b * g[..., None]).mT, a)
-    if s is None:
-        return W_new, None
-    return W_new, beta_end * S - torch.bmm((b * s[..., None]).mT, a)
 
 
 def _dots(gWS, W, S):
@@ -369,9 +343,8 @@ def _dots(gWS, W, S):
 
 
 class ChunkUpdateRead(torch.autograd.Function):
-    """Forward: the values of `updated_weights` (as `_end_weights`, with the shared coefficients taken per memory
-    only where the end state needs them) and `dual_read` of one chunk. Backward by hand (derivation in the comments),
-    from the saved inputs only."""
+    """Forward: `updated_weights` (given the shared coefficients per memory only where the end state takes them) and
+    `dual_read` of one chunk. Backward by hand (derivation in the comments), from the saved inputs only."""
 
     @staticmethod
     def forward(ctx, W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q, act, dgd, self_generated,
@@ -382,7 +355,7 @@ class ChunkUpdateRead(torch.autograd.Function):
         t = _chunk_factors(k, v, W1e, W2e, act, dgd, self_generated, read_groups)
         a1, b1, a2, b2 = t.Hh[:, :C], t.b1, t.X[:, :C], t.b2
         ends = _end_coefficients(A, c, G, beta_end, s_end, momentum, read_groups)
-        (W1n, S1n), (W2n, S2n) = _end_weights(W1, S1, a1, b1, *ends), _end_weights(W2, S2, a2, b2, *ends)
+        W1n, W2n, S1n, S2n = updated_weights(FastWeights(W1e, W2e, W1, W2, S1, S2), (a1, b1, a2, b2), ends)
         if not momentum:  # S is passed through: an output must not be one of the inputs
             S1n, S2n = S1.clone(), S2.clone()
         out = q
@@ -397,13 +370,14 @@ class ChunkUpdateRead(torch.autograd.Function):
     def backward(ctx, gW1n, gW2n, gS1n, gS2n, gout):
         W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q = ctx.saved_tensors
         act, dgd, self_generated, momentum, read_groups = ctx.options
-        _, grad, _, _ = ACTIVATIONS[act]
+        grad = ACTIVATIONS[act][1]
         N, C = W1.shape[0], k.shape[-2]
         gW1n, gW2n, gS1n, gS2n = (torch.zeros_like(t) if g is None else g
                                   for g, t in zip((gW1n, gW2n, gS1n, gS2n), (W1, W2, S1, S2)))
         t = _chunk_factors(k, v, W1e, W2e, act, dgd, self_generated, read_groups, all_rows=True)
         a1, b1, a2, b2 = t.Hh[:, :C], t.b1, t.X[:, :C], t.b2
-        A_end, c_end, g, beta, s = _end_coefficients(A, c, G, beta_end, s_end, momentum, read_groups)
+        A_last, c_last, G_last, beta, s = _end_coefficients(A, c, G, beta_end, s_end, momentum, read_groups)
+        A_end, c_end, g = A_last[..., None], c_last[..., None], G_last[:, 0]
 
         # End state: W' = A_C W + c_C S - sum_i g_i b_i a_i^T, S' = beta_C S - sum_i s_i b_i a_i^T (or S' = S). The
         # K = 2 blocks (W's and S's terms, with weights coef = (g, s)) in one product each: a (gW'; gS')^T, and
