@@ -24,6 +24,8 @@ import torch.utils.checkpoint
 from torch.autograd.function import once_differentiable
 
 from .continuum_memory import eager_autograd
+from .memory_cpu import applies as cpu_kernel_applies
+from .memory_cpu import coefficients as cpu_coefficients
 from .memory_chunk import (ACTIVATIONS, FastWeights, MemoryRead, chunk_update_read, end_state, inner_update_factors,
                            memory_read, row_flags, step_scale_w1, step_scale_w2, with_eval)
 
@@ -111,6 +113,8 @@ def _coefficients(eta, log_alpha, log_beta, active, keep: bool = False):
     """`chunk_coefficients`' outputs, and with `keep` the intermediates that its backward takes. Without `keep` and
     outside autograd, the C x C matrices are transformed in place: a fresh buffer for each elementwise pass costs more
     than the pass (batched over a scan's chunks they are megabytes, and every new one is faulted in page by page)."""
+    if not keep and cpu_kernel_applies(eta, log_alpha, active):  # the same values by recurrences, in C++
+        return cpu_coefficients(eta, log_alpha, log_beta, active), None
     inplace = not keep and not torch.is_grad_enabled()
     log_A = log_alpha.cumsum(-1)
     decay = _causal_exp(log_A[..., :, None] - log_A[..., None, :], inplace)

@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .memory_cpu import applies as cpu_kernel_applies
+from .memory_cpu import chunk_forward as cpu_chunk_forward
+
 
 class FastWeights(NamedTuple):
     """State of a group of memories. `*_eval` are the weights at the start of the current chunk (where the inner
@@ -351,6 +354,9 @@ class ChunkUpdateRead(torch.autograd.Function):
                 momentum, read_groups):
         ctx.save_for_backward(W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q)
         ctx.options = act, dgd, self_generated, momentum, read_groups
+        if act == "silu" and cpu_kernel_applies(W1e, W1, k, v, G, q):  # the same values in one C++ call
+            return tuple(cpu_chunk_forward(W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q, act,
+                                                  dgd, self_generated, momentum, read_groups))
         C = k.shape[-2]
         t = _chunk_factors(k, v, W1e, W2e, act, dgd, self_generated, read_groups)
         a1, b1, a2, b2 = t.Hh[:, :C], t.b1, t.X[:, :C], t.b2

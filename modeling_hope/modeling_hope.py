@@ -21,6 +21,7 @@ from .configuration_hope import HopeConfig
 from .continuum_memory import WEIGHT_NAMES, SwiGLU, eager_autograd, plain_linears, swiglu_per_row, teach_gradients
 from .fast_weight_memory import MEMORY_SCANS, PROJECTION_SCANS, FastWeights, chunked_fused_scan
 from .lm_head import RoundLogits, TeachProducts, causal_lm_loss
+from .memory_cpu import disabled as cpu_kernel_disabled
 from .memory_triton import applies as kernel_applies
 from .memory_triton import fused_scan as kernel_fused_scan
 
@@ -550,9 +551,10 @@ class HopeModel(HopePreTrainedModel):
     def _layers(self, x, mask, cache: HopeCache):
         counts = cache.counts
         records = []
-        for layer, layer_state in zip(self.layers, cache.layers):
-            x, layer_state.tensors, rec = layer(x, mask, counts, layer_state.tensors)
-            records.append(rec)
+        with cpu_kernel_disabled(self.config.memory_kernel == "torch"):
+            for layer, layer_state in zip(self.layers, cache.layers):
+                x, layer_state.tensors, rec = layer(x, mask, counts, layer_state.tensors)
+                records.append(rec)
         return x, records
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, cache=None, use_cache=None,

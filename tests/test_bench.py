@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from modeling_hope import memory_cpu
 from modeling_hope.cli import main as hope_main
 
 SECTIONS = ("train", "prefill", "decode", "cache_size", "memory", "operators", "naive_model", "compile")
@@ -52,7 +53,8 @@ def test_every_section_with_finite_figures(quick_run):
     for entry in memory["by_mode"]["train"]["1"].values():
         assert entry["hope"]["peak_delta_mib"] > 0 and entry["llama"]["peak_delta_mib"] > 0
     for op in results["sections"]["operators"]["by_operator"].values():
-        assert op["speedup_at_length"] > 1
+        assert op["speedup_at_length"] > 1 and op["speedup_torch_at_length"] > 1
+        assert op["cpu_kernel"] == memory_cpu.available()  # the model's path on the CPU where the kernel builds
     train = results["sections"]["compile"]["train"]
     for name in ("eager", "compiled", "llama_eager", "llama_compiled"):
         assert train[name]["tokens_per_second"] > 0, name

@@ -2,8 +2,10 @@
 memories of the benchmarked preset: `memory` is the output memory's scan (one memory per head), `projection` the
 adaptive k, v, eta, alpha memories' scan, `fused` both in one pass (`chunked_fused_scan`: the model's path when the
 chunk sizes agree; its naive reference is the two naive scans in turn), also as the fused Triton kernel
-(`memory_triton.fused_scan`) where it runs (a GPU with Triton). Forward only, under torch.no_grad (the naive reference
-still takes each token's inner gradient with autograd, as it must). Inputs come from a real HopeMemoryMixer's initial
+(`memory_triton.fused_scan`) where it runs (a GPU with Triton). `chunked` is the model's path: on the CPU its chunks
+run in C++ (`memory_cpu.py`) where that builds (`cpu_kernel` says whether they did); `torch` is the same scan with
+the chunks in PyTorch, `compiled` with the PyTorch chunk step under torch.compile. Forward only, under torch.no_grad
+(the naive reference still takes each token's inner gradient with autograd, as it must). Inputs come from a real HopeMemoryMixer's initial
 state and its own `_produce`; the naive reference walks the tokens one by one, so its cost per token does not depend on
 the length: where it is timed on fewer tokens than the chunked operator, tokens/s are compared. Each variant's figure
 is its best of `repeats`, all variants (the naive one included) timed in turn within each repeat."""
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 
 from ..fast_weight_memory import (FastWeights, chunked_fused_scan, chunked_memory_scan, chunked_projection_scan,
                                   naive_memory_scan, naive_projection_scan)
+from .. import memory_cpu
 from ..memory_triton import applies as kernel_applies
 from ..memory_triton import fused_scan as kernel_fused_scan
 from ..modeling_hope import HopeMemoryMixer
@@ -55,6 +58,13 @@ def _inputs(config, length: int, seed: int, device="cpu", dtype=torch.float32):
 
 
 def _runner(op: str, config, length: int, seed: int, impl: str, device="cpu", dtype=torch.float32):
+    if impl == "torch":  # the chunked scan with its chunks in PyTorch
+        fn = _runner(op, config, length, seed, "chunked", device, dtype)
+
+        def without_kernel():
+            with memory_cpu.disabled():
+                return fn()
+        return without_kernel
     if op == "fused" and impl == "naive":  # the mixer's own path for unequal chunk sizes, with the naive scans
         config = copy.copy(config)
         config.memory_impl = "naive"
@@ -105,7 +115,8 @@ def run(preset: str, length: int, naive_length: int, repeats: int, seed: int = 0
         kernel = kernel_applies(torch.empty(0, device=device), 1, 1)
     for op in operators:
         entry = {}
-        impls = [("chunked", length), ("chunked", naive_length), ("compiled", length), ("naive", naive_length)]
+        impls = [("chunked", length), ("chunked", naive_length), ("torch", length), ("compiled", length),
+                 ("naive", naive_length)]
         if op == "fused" and kernel:
             impls.insert(3, ("kernel", length))
         runners = {}
@@ -115,6 +126,9 @@ def run(preset: str, length: int, naive_length: int, repeats: int, seed: int = 0
                 _seconds(fn)  # warm-up (and the compilation)
         # every variant once per repeat, in turn: a slow moment of a shared machine hits both sides of a ratio, where
         # timing the naive reference once after the others made single runs' ratios move by 1.5x
+        calls = memory_cpu.CALLS
+        runners["chunked", length]()
+        cpu_kernel = memory_cpu.CALLS > calls
         times = interleaved({key: (lambda fn=fn: _seconds(fn)) for key, fn in runners.items()}, repeats)
         for (impl, n), seconds in times.items():
             entry.setdefault(impl, {})[str(n)] = {"seconds": min(seconds), "tokens_per_second": n / min(seconds),
@@ -124,6 +138,8 @@ def run(preset: str, length: int, naive_length: int, repeats: int, seed: int = 0
         entry["speedup_same_shape"] = chunked[str(naive_length)]["tokens_per_second"] / naive["tokens_per_second"]
         entry["speedup_compiled_at_length"] = (entry["compiled"][str(length)]["tokens_per_second"]
                                                / naive["tokens_per_second"])
+        entry["speedup_torch_at_length"] = entry["torch"][str(length)]["tokens_per_second"] / naive["tokens_per_second"]
+        entry["cpu_kernel"] = cpu_kernel
         adaptive = sum(HopeMemoryMixer(config, 0).adaptive)
         per_head = {"memory": 1, "projection": adaptive, "fused": adaptive + 1}[op]
         entry["memories"] = config.num_attention_heads * per_head
@@ -133,7 +149,8 @@ def run(preset: str, length: int, naive_length: int, repeats: int, seed: int = 0
         results[op] = entry
         log(f"operator {op}: chunked {chunked[str(length)]['tokens_per_second']:.0f} tok/s at {length}, naive "
             f"{naive['tokens_per_second']:.1f} tok/s at {naive_length}: {entry['speedup_at_length']:.0f}x "
-            f"({entry['speedup_compiled_at_length']:.0f}x with the compiled chunk step"
+            f"({'C++ chunks' if cpu_kernel else 'PyTorch chunks'}; {entry['speedup_torch_at_length']:.0f}x with "
+            f"PyTorch chunks, {entry['speedup_compiled_at_length']:.0f}x with the compiled chunk step"
             + (f", {entry['speedup_kernel_at_length']:.0f}x with the kernel)" if "kernel" in entry else ")"))
     return {"method": __doc__.split("\n\n", 1)[0].replace("\n", " "), "length": length, "naive_length": naive_length,
             "batch": 1, "head_dim": config.hidden_size // config.num_attention_heads,
