@@ -46,9 +46,9 @@ class HopeConfig(PreTrainedConfig):
         memory_kernel: `"auto"` (the default) runs the self-modifying mixer's whole chunk loop as one Triton kernel
             (`memory_triton.py`) where it applies: on a GPU with Triton installed, without autograd (prefill,
             decoding, evaluation), rows unpadded and in step, equal chunk sizes; the PyTorch path otherwise. On the
-            CPU it runs each chunk's forward and its coefficients in C++ (`memory_cpu.py`: float32, silu memories,
-            outside autocast; built on first use where a C++ compiler is found), in training too (the backward
-            stays in PyTorch). `"torch"`: always the PyTorch path.
+            CPU it runs each chunk (forward and backward) and its coefficients in C++ (`memory_cpu.py`: float32,
+            silu memories, outside autocast; built on first use where a C++ compiler is found). `"torch"`: always
+            the PyTorch path.
     """
 
     model_type = "hope"

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .memory_cpu import applies as cpu_kernel_applies
+from .memory_cpu import chunk_backward as cpu_chunk_backward
 from .memory_cpu import chunk_forward as cpu_chunk_forward
 
 
@@ -354,9 +355,10 @@ class ChunkUpdateRead(torch.autograd.Function):
                 momentum, read_groups):
         ctx.save_for_backward(W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q)
         ctx.options = act, dgd, self_generated, momentum, read_groups
-        if act == "silu" and cpu_kernel_applies(W1e, W1, k, v, G, q):  # the same values in one C++ call
+        ctx.cpu_kernel = act == "silu" and cpu_kernel_applies(W1e, W1, k, v, G, q)
+        if ctx.cpu_kernel:  # the same values (and, in backward, gradients) in one C++ call
             return tuple(cpu_chunk_forward(W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q, act,
-                                                  dgd, self_generated, momentum, read_groups))
+                                           dgd, self_generated, momentum, read_groups))
         C = k.shape[-2]
         t = _chunk_factors(k, v, W1e, W2e, act, dgd, self_generated, read_groups)
         a1, b1, a2, b2 = t.Hh[:, :C], t.b1, t.X[:, :C], t.b2
@@ -374,10 +376,14 @@ class ChunkUpdateRead(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gW1n, gW2n, gS1n, gS2n, gout):
-        W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q = ctx.saved_tensors
+        saved = ctx.saved_tensors  # unpacked once (checkpointing allows no second unpack)
+        W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q = saved
         act, dgd, self_generated, momentum, read_groups = ctx.options
+        if ctx.cpu_kernel:
+            return (*cpu_chunk_backward(saved, (gW1n, gW2n, gS1n, gS2n, gout), dgd, self_generated, momentum,
+                                        read_groups), None, None, None, None, None)
         grad = ACTIVATIONS[act][1]
-        N, C = W1.shape[0], k.shape[-2]
+        C = k.shape[-2]
         gW1n, gW2n, gS1n, gS2n = (torch.zeros_like(t) if g is None else g
                                   for g, t in zip((gW1n, gW2n, gS1n, gS2n), (W1, W2, S1, S2)))
         t = _chunk_factors(k, v, W1e, W2e, act, dgd, self_generated, read_groups, all_rows=True)

@@ -1,13 +1,13 @@
-"""The forward of one chunk of a group of fast-weight memories (`memory_chunk.ChunkUpdateRead.forward`) as one C++
-call, for float32 on the CPU.
+"""One chunk of a group of fast-weight memories (`memory_chunk.ChunkUpdateRead`: forward and backward) and the chunk
+coefficients (`fast_weight_memory.chunk_coefficients`) as C++ calls, for float32 silu memories on the CPU.
 
-In PyTorch a chunk's forward is about sixty small operations (products of 64 x 48 matrices, elementwise passes of a few
-thousand entries), and their Python dispatch costs as much as their work. Here the same math walks the memories one by
-one with each memory's tensors in cache, the elementwise terms fused into loops. The products go through oneDNN's
-block GEMM (`at::native::cpublas::brgemm`, what inductor's CPU GEMM templates call; it falls back to the BLAS gemm where
-oneDNN's micro-kernels do not run): on AMD processors MKL takes its AVX2 path, and at these sizes oneDNN's AVX-512
-kernels run 2.5x faster (about 260 against 100 GFLOP/s on the benchmark machine). Same equations, in the same order
-(`memory_chunk.py` has them in its docstrings):
+In PyTorch a chunk's forward is about sixty small operations and its backward about a hundred and fifty (products of
+64 x 48 matrices, elementwise passes of a few thousand entries): their dispatch costs as much as their work. Here the
+same math walks a head's memories one by one, each memory's tensors in cache and the elementwise terms fused into
+loops. The products go through oneDNN's block GEMM (`at::native::cpublas::brgemm`, which inductor's CPU GEMM templates
+call; it falls back to the BLAS gemm where oneDNN's micro-kernels do not run): on AMD processors MKL takes its AVX2 path,
+and at these sizes oneDNN's AVX-512 kernels run 2.5x faster (about 260 against 100 GFLOP/s on the benchmark machine).
+The equations are those of `memory_chunk.py` (its docstrings and the comments of its backward):
 
     Z = X W2e^T (X = [k; v] or k),  H = act(Z),  Y = H W1e^T,  err = k - v + y (- yv),  e1 = err W1e
     b1 = (err + dgd y) s1,  b2 = (e1 * act'(z) + dgd z) s2,  a1 = act(z),  a2 = k
@@ -16,8 +16,8 @@ kernels run 2.5x faster (about 260 against 100 GFLOP/s on the benchmark machine)
 
 The extension is compiled on first use (about 25 s, `torch.utils.cpp_extension`, cached on disk for later processes)
 with the machine's own instruction set; without a C++ compiler, or where the build fails, a warning says so once and
-the chunk runs in PyTorch. The node's backward stays in PyTorch (its inputs are the same either way). Not under CPU
-autocast: there PyTorch's products run in bfloat16, and this path would not give the same values."""
+the chunks run in PyTorch. A chunk whose forward ran here takes its backward here too. Not under CPU autocast: there
+PyTorch's products run in bfloat16, and this path would not give the same values."""
 
 import contextlib
 import hashlib
@@ -74,6 +74,12 @@ inline float exp_approx(float x) {
 inline void scale_columns(const float* x, int64_t rows, int64_t cols, const float* f, float sign, float* out) {
   for (int64_t i = 0; i < rows; i++)
     for (int64_t t = 0; t < cols; t++) out[i * cols + t] = sign * x[i * cols + t] * f[t];
+}
+
+// out (rows x cols) = sign * x with row t scaled by f_t
+inline void scale_rows(const float* x, int64_t rows, int64_t cols, const float* f, float sign, float* out) {
+  for (int64_t t = 0; t < rows; t++)
+    for (int64_t i = 0; i < cols; i++) out[t * cols + i] = sign * f[t] * x[t * cols + i];
 }
 
 inline float sigmoid(float z) { return 1.f / (1.f + exp_approx(-z)); }
@@ -229,6 +235,310 @@ std::vector<at::Tensor> chunk_forward(at::Tensor W1e, at::Tensor W2e, at::Tensor
   return {W1n, W2n, S1n, S2n, out};
 }
 
+namespace {
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  float acc = 0.f;
+  for (int64_t i = 0; i < n; i++) acc += a[i] * b[i];
+  return acc;
+}
+
+}  // namespace
+
+// `ChunkUpdateRead.backward` (memory_chunk.py, whose comments derive it), for the inputs of `chunk_forward` and the
+// output gradients gW1n, gW2n, gS1n, gS2n (N, ...; zeros where autograd had none) and gout (M, C, d) (empty without a
+// read). The chunk's factors are recomputed; each head's P memories in turn, so that the head's sums (keys, values,
+// coefficients) need no atomics. Returns gW1e, gW2e, gW1, gW2, gS1, gS2, gk, gv, gA, gc, gG, g_beta (M), g_s, gq
+// (gc, g_beta and g_s zero without momentum, where c and s are constants).
+std::vector<at::Tensor> chunk_backward(at::Tensor W1e, at::Tensor W2e, at::Tensor W1, at::Tensor W2, at::Tensor S1,
+                                       at::Tensor S2, at::Tensor k, at::Tensor v, at::Tensor A, at::Tensor c,
+                                       at::Tensor G, at::Tensor beta, at::Tensor s, at::Tensor q, at::Tensor gW1n,
+                                       at::Tensor gW2n, at::Tensor gS1n, at::Tensor gS2n, at::Tensor gout, double dgd_,
+                                       bool self_generated, bool momentum, int64_t P, int64_t H) {
+  const int64_t N = W1.size(0), d = W1.size(1), R = W1.size(2), C = k.size(1), M = N / P, dR = d * R;
+  const int64_t rows = self_generated ? 2 * C : C;
+  const float dgd = static_cast<float>(dgd_);
+  const bool read = q.numel() > 0;
+  const float *pW1e = W1e.data_ptr<float>(), *pW2e = W2e.data_ptr<float>(), *pW1 = W1.data_ptr<float>(),
+              *pW2 = W2.data_ptr<float>(), *pS1 = S1.data_ptr<float>(), *pS2 = S2.data_ptr<float>(),
+              *pk = k.data_ptr<float>(), *pv = v.data_ptr<float>(), *pA = A.data_ptr<float>(),
+              *pc = c.data_ptr<float>(), *pG = G.data_ptr<float>(), *pq = read ? q.data_ptr<float>() : nullptr,
+              *pgW1n = gW1n.data_ptr<float>(), *pgW2n = gW2n.data_ptr<float>(), *pgS1n = gS1n.data_ptr<float>(),
+              *pgS2n = gS2n.data_ptr<float>(), *pgo = read ? gout.data_ptr<float>() : nullptr;
+  const float *pbeta = momentum ? beta.data_ptr<float>() : nullptr, *ps = momentum ? s.data_ptr<float>() : nullptr;
+  auto opts = W1.options();
+  auto gW1e = at::empty_like(W1e), gW2e = at::empty_like(W2e), gW1 = at::empty_like(W1), gW2 = at::empty_like(W2),
+       gS1 = at::empty_like(S1), gS2 = at::empty_like(S2);
+  auto gk = at::zeros_like(k), gv = at::zeros_like(k), gA = at::zeros({M, C}, opts), gc = at::zeros({M, C}, opts),
+       gG = at::zeros({M, C, C}, opts), g_beta = at::zeros({M}, opts), g_s = at::zeros({M, C}, opts);
+  auto gq = read ? at::empty_like(q) : at::empty({0}, opts);
+  float *pgW1e = gW1e.data_ptr<float>(), *pgW2e = gW2e.data_ptr<float>(), *pgW1 = gW1.data_ptr<float>(),
+        *pgW2 = gW2.data_ptr<float>(), *pgS1 = gS1.data_ptr<float>(), *pgS2 = gS2.data_ptr<float>(),
+        *pgk = gk.data_ptr<float>(), *pgv = gv.data_ptr<float>(), *pgA = gA.data_ptr<float>(),
+        *pgc = gc.data_ptr<float>(), *pgG = gG.data_ptr<float>(), *pgbeta = g_beta.data_ptr<float>(),
+        *pgs = g_s.data_ptr<float>(), *pgq = read ? gq.data_ptr<float>() : nullptr;
+
+  at::parallel_for(0, M, 1, [&](int64_t lo, int64_t hi) {
+    const int64_t D = d > R ? d : R, D2 = rows > D ? rows : D;
+    std::vector<float> T1(D * D2), T2(D * D2), Z(rows * R), sg(rows * R), Hh(rows * R), dZ(rows * R), Y(rows * d),
+        err(C * d), e1(C * R), norm(R), s1(C), s2(C), gden(C), b1(C * d), b2(C * R), pW(C * (d + R)),
+        pS(C * (d + R)), W1eT(R * d), ga1(C * R),
+        gb1(C * d), ga2(C * d), gb2(C * R), CC1(C * C), CC2(C * C), CC3(C * C), rz(C * R), rh(C * R), rdz(C * R),
+        qW2(C * R), qS2(C * R), gz(C * R), xs(C * D), gh(C * R), gerr0(C * d), gb2s(C * R), ge1(C * R), gzz(C * R),
+        colw(R), gerr(C * d), gY(rows * d), gZ(rows * R), gX(rows * d);
+    for (int64_t m = lo; m < hi; m++) {
+      const float *kk = pk + m * C * d, *vv = pv + m * C * d, *Am = pA + m * C, *cm = pc + m * C,
+                  *Gm = pG + m * C * C;
+      const float* g = Gm + (C - 1) * C;
+      const float* sm = momentum ? ps + m * C : nullptr;
+      float *gAm = pgA + m * C, *gcm = pgc + m * C, *gGm = pgG + m * C * C;
+      for (int64_t p = 0; p < P; p++) {
+        const int64_t n = ((m / H) * P + p) * H + m % H;
+        const float *w1e = pW1e + n * dR, *w2e = pW2e + n * dR, *w1 = pW1 + n * dR, *w2 = pW2 + n * dR,
+                    *S1p = pS1 + n * dR, *S2p = pS2 + n * dR, *g1 = pgW1n + n * dR, *g2 = pgW2n + n * dR,
+                    *h1 = pgS1n + n * dR, *h2 = pgS2n + n * dR;
+        float *oW1 = pgW1 + n * dR, *oW2 = pgW2 + n * dR, *oS1 = pgS1 + n * dR, *oS2 = pgS2 + n * dR;
+
+        // the factors, as in the forward (Z over all rows, act' over all rows)
+        transpose(w2e, R, d, d, T1.data(), R);  // W2e^T (d x R)
+        mm(C, R, d, kk, d, T1.data(), R, Z.data(), R, false);
+        if (self_generated) mm(C, R, d, vv, d, T1.data(), R, Z.data() + C * R, R, false);
+        for (int64_t i = 0; i < rows * R; i++) {
+          const float sv = sigmoid(Z[i]), hv = Z[i] * sv;
+          sg[i] = sv;
+          Hh[i] = hv;
+          dZ[i] = sv + hv * (1.f - sv);
+        }
+        transpose(w1e, d, R, R, W1eT.data(), d);
+        mm(rows, d, R, Hh.data(), R, W1eT.data(), d, Y.data(), d, false);
+        for (int64_t t = 0; t < C; t++)
+          for (int64_t i = 0; i < d; i++) {
+            const float kv = kk[t * d + i] - vv[t * d + i];
+            err[t * d + i] = self_generated ? kv + (Y[t * d + i] - Y[(C + t) * d + i]) : kv + Y[t * d + i];
+          }
+        mm(C, R, d, err.data(), d, w1e, R, e1.data(), R, false);
+        for (int64_t j = 0; j < R; j++) norm[j] = 0.f;
+        for (int64_t i = 0; i < d; i++)
+          for (int64_t j = 0; j < R; j++) norm[j] += w1e[i * R + j] * w1e[i * R + j];
+        for (int64_t t = 0; t < C; t++) {
+          const float *h = Hh.data() + t * R, *dh = dZ.data() + t * R;
+          float hh = 0.f, den = 0.f;
+          for (int64_t j = 0; j < R; j++) {
+            hh += h[j] * h[j];
+            den += dh[j] * norm[j] * dh[j];
+          }
+          s1[t] = 1.f / (1.f + hh);
+          s2[t] = 1.f / (den + 1.f);
+          for (int64_t i = 0; i < d; i++) b1[t * d + i] = (err[t * d + i] + dgd * Y[t * d + i]) * s1[t];
+          for (int64_t j = 0; j < R; j++)
+            b2[t * R + j] = (e1[t * R + j] * dh[j] + dgd * Z[t * R + j]) * s2[t];
+        }
+        const float* a1 = Hh.data();  // the keys' rows
+
+        // end state: W' = A_C W + c_C S - sum_i g_i b_i a_i^T, S' = beta_C S - sum_i s_i b_i a_i^T (or S' = S)
+        const float Ae = Am[C - 1], ce = momentum ? cm[C - 1] : 0.f, be = momentum ? pbeta[m] : 0.f;
+        for (int64_t i = 0; i < dR; i++) {
+          oW1[i] = Ae * g1[i];
+          oW2[i] = Ae * g2[i];
+          oS1[i] = momentum ? ce * g1[i] + be * h1[i] : h1[i];
+          oS2[i] = momentum ? ce * g2[i] + be * h2[i] : h2[i];
+        }
+        gAm[C - 1] += dot(g1, w1, dR) + dot(g2, w2, dR);
+        if (momentum) {
+          gcm[C - 1] += dot(g1, S1p, dR) + dot(g2, S2p, dR);
+          pgbeta[m] += dot(h1, S1p, dR) + dot(h2, S2p, dR);
+        }
+        // p1 = a1 gW1'^T (C x d), p2 = a2 gW2'^T (C x R), and the same with gS'
+        transpose(g1, d, R, R, T1.data(), d);
+        mm(C, d, R, a1, R, T1.data(), d, pW.data(), d, false);
+        transpose(g2, R, d, d, T2.data(), R);
+        mm(C, R, d, kk, d, T2.data(), R, pW.data() + C * d, R, false);
+        if (momentum) {
+          transpose(h1, d, R, R, T1.data(), d);
+          mm(C, d, R, a1, R, T1.data(), d, pS.data(), d, false);
+          transpose(h2, R, d, d, T2.data(), R);
+          mm(C, R, d, kk, d, T2.data(), R, pS.data() + C * d, R, false);
+        }
+        const float *p1 = pW.data(), *p2 = pW.data() + C * d, *q1 = pS.data(), *q2 = pS.data() + C * d;
+        for (int64_t t = 0; t < C; t++) {
+          float gg = 0.f, gs = 0.f;
+          for (int64_t i = 0; i < d; i++) {
+            gb1[t * d + i] = -g[t] * p1[t * d + i] - (momentum ? sm[t] * q1[t * d + i] : 0.f);
+            gg += p1[t * d + i] * b1[t * d + i];
+            if (momentum) gs += q1[t * d + i] * b1[t * d + i];
+          }
+          for (int64_t j = 0; j < R; j++) {
+            gb2[t * R + j] = -g[t] * p2[t * R + j] - (momentum ? sm[t] * q2[t * R + j] : 0.f);
+            gg += p2[t * R + j] * b2[t * R + j];
+            if (momentum) gs += q2[t * R + j] * b2[t * R + j];
+          }
+          gGm[(C - 1) * C + t] -= gg;
+          if (momentum) pgs[m * C + t] -= gs;
+        }
+        // ga1 = -(g b1) gW1' - (s b1) gS1', ga2 = -(g b2) gW2' - (s b2) gS2'
+        scale_rows(b1.data(), C, d, g, -1.f, xs.data());
+        mm(C, R, d, xs.data(), d, g1, R, ga1.data(), R, false);
+        if (momentum) {
+          scale_rows(b1.data(), C, d, sm, -1.f, xs.data());
+          mm(C, R, d, xs.data(), d, h1, R, ga1.data(), R, true);
+        }
+        scale_rows(b2.data(), C, R, g, -1.f, xs.data());
+        mm(C, d, R, xs.data(), R, g2, d, ga2.data(), d, false);
+        if (momentum) {
+          scale_rows(b2.data(), C, R, sm, -1.f, xs.data());
+          mm(C, d, R, xs.data(), R, h2, d, ga2.data(), d, true);
+        }
+
+        if (read && p == P - 1) {
+          // z = A (q W2^T) + c (q S2^T) - (G * q k^T) b2, h = silu(z); out = q + A (h W1^T) + c (h S1^T)
+          // - (G * h a1^T) b1
+          const float *qm = pq + m * C * d, *go = pgo + m * C * d;
+          transpose(w2, R, d, d, T1.data(), R);
+          mm(C, R, d, qm, d, T1.data(), R, qW2.data(), R, false);
+          if (momentum) {
+            transpose(S2p, R, d, d, T1.data(), R);
+            mm(C, R, d, qm, d, T1.data(), R, qS2.data(), R, false);
+          }
+          transpose(kk, C, d, d, T1.data(), C);
+          mm(C, C, d, qm, d, T1.data(), C, CC1.data(), C, false);  // qa2 = q k^T
+          for (int64_t i = 0; i < C * C; i++) CC2[i] = -Gm[i] * CC1[i];
+          for (int64_t t = 0; t < C; t++)
+            for (int64_t j = 0; j < R; j++)
+              rz[t * R + j] = Am[t] * qW2[t * R + j] + (momentum ? cm[t] * qS2[t * R + j] : 0.f);
+          mm(C, R, C, CC2.data(), C, b2.data(), R, rz.data(), R, true);
+          for (int64_t i = 0; i < C * R; i++) {
+            const float sv = sigmoid(rz[i]), hv = rz[i] * sv;
+            rh[i] = hv;
+            rdz[i] = sv + hv * (1.f - sv);
+          }
+          // gA_j = <h_j W1^T, go_j>, gc_j = <h_j S1^T, go_j>: as <h_j, go_j W1>
+          mm(C, R, d, go, d, w1, R, gz.data(), R, false);  // go W1 (C x R)
+          if (momentum) mm(C, R, d, go, d, S1p, R, xs.data(), R, false);  // go S1
+          for (int64_t t = 0; t < C; t++) {
+            gAm[t] += dot(rh.data() + t * R, gz.data() + t * R, R);
+            if (momentum) gcm[t] += dot(rh.data() + t * R, xs.data() + t * R, R);
+          }
+          // Q1 = go b1^T, gG -= Q1 * (h a1^T)
+          transpose(b1.data(), C, d, d, T1.data(), C);
+          mm(C, C, d, go, d, T1.data(), C, CC3.data(), C, false);  // Q1
+          transpose(a1, C, R, R, T2.data(), C);
+          mm(C, C, R, rh.data(), R, T2.data(), C, CC1.data(), C, false);  // ha1 (qa2 no longer needed as such)
+          for (int64_t i = 0; i < C * C; i++) gGm[i] -= CC3[i] * CC1[i];
+          // gW1 += (A go)^T h, gS1 += (c go)^T h
+          transpose(go, C, d, d, T1.data(), C);
+          scale_columns(T1.data(), d, C, Am, 1.f, T2.data());
+          mm(d, R, C, T2.data(), C, rh.data(), R, oW1, R, true);
+          if (momentum) {
+            scale_columns(T1.data(), d, C, cm, 1.f, T2.data());
+            mm(d, R, C, T2.data(), C, rh.data(), R, oS1, R, true);
+          }
+          // ga1 -= (G Q1)^T h, gb1 -= (G ha1)^T go
+          for (int64_t i = 0; i < C; i++)
+            for (int64_t j = 0; j < C; j++) CC2[i * C + j] = -Gm[j * C + i] * CC3[j * C + i];
+          mm(C, R, C, CC2.data(), C, rh.data(), R, ga1.data(), R, true);
+          for (int64_t i = 0; i < C; i++)
+            for (int64_t j = 0; j < C; j++) CC2[i * C + j] = -Gm[j * C + i] * CC1[j * C + i];
+          mm(C, d, C, CC2.data(), C, go, d, gb1.data(), d, true);
+          // gz = (A go W1 + c go S1 - (G Q1) a1) * silu'(z)
+          for (int64_t t = 0; t < C; t++)
+            for (int64_t j = 0; j < R; j++)
+              gz[t * R + j] = Am[t] * gz[t * R + j] + (momentum ? cm[t] * xs[t * R + j] : 0.f);
+          for (int64_t i = 0; i < C * C; i++) CC2[i] = -Gm[i] * CC3[i];
+          mm(C, R, C, CC2.data(), C, a1, R, gz.data(), R, true);
+          for (int64_t i = 0; i < C * R; i++) gz[i] *= rdz[i];
+          for (int64_t t = 0; t < C; t++) {
+            gAm[t] += dot(qW2.data() + t * R, gz.data() + t * R, R);
+            if (momentum) gcm[t] += dot(qS2.data() + t * R, gz.data() + t * R, R);
+          }
+          // Q2 = gz b2^T, gG -= Q2 * (q k^T)
+          transpose(b2.data(), C, R, R, T1.data(), C);
+          mm(C, C, R, gz.data(), R, T1.data(), C, CC3.data(), C, false);  // Q2
+          transpose(kk, C, d, d, T1.data(), C);
+          mm(C, C, d, qm, d, T1.data(), C, CC1.data(), C, false);  // qa2 again
+          for (int64_t i = 0; i < C * C; i++) gGm[i] -= CC3[i] * CC1[i];
+          // gW2 += (A gz)^T q, gS2 += (c gz)^T q
+          for (int64_t j = 0; j < R; j++)
+            for (int64_t t = 0; t < C; t++) T2[j * C + t] = gz[t * R + j] * Am[t];
+          mm(R, d, C, T2.data(), C, qm, d, oW2, d, true);
+          if (momentum) {
+            for (int64_t j = 0; j < R; j++)
+              for (int64_t t = 0; t < C; t++) T2[j * C + t] = gz[t * R + j] * cm[t];
+            mm(R, d, C, T2.data(), C, qm, d, oS2, d, true);
+          }
+          // ga2 -= (G Q2)^T q, gb2 -= (G qa2)^T gz
+          for (int64_t i = 0; i < C; i++)
+            for (int64_t j = 0; j < C; j++) CC2[i * C + j] = -Gm[j * C + i] * CC3[j * C + i];
+          mm(C, d, C, CC2.data(), C, qm, d, ga2.data(), d, true);
+          for (int64_t i = 0; i < C; i++)
+            for (int64_t j = 0; j < C; j++) CC2[i * C + j] = -Gm[j * C + i] * CC1[j * C + i];
+          mm(C, R, C, CC2.data(), C, gz.data(), R, gb2.data(), R, true);
+          // gq = go + A gz W2 + c gz S2 - (G Q2) k
+          float* gqm = pgq + m * C * d;
+          std::memcpy(gqm, go, C * d * sizeof(float));
+          scale_rows(gz.data(), C, R, Am, 1.f, xs.data());
+          mm(C, d, R, xs.data(), R, w2, d, gqm, d, true);
+          if (momentum) {
+            scale_rows(gz.data(), C, R, cm, 1.f, xs.data());
+            mm(C, d, R, xs.data(), R, S2p, d, gqm, d, true);
+          }
+          for (int64_t i = 0; i < C * C; i++) CC2[i] = -Gm[i] * CC3[i];
+          mm(C, d, C, CC2.data(), C, kk, d, gqm, d, true);
+        }
+
+        // the factors' backward (`_factor_backward`): to W1e, W2e and X = [k; v]
+        for (int64_t t = 0; t < C; t++) {
+          const float *h = Hh.data() + t * R, *dh = dZ.data() + t * R, *sgt = sg.data() + t * R;
+          const float kap = dot(gb1.data() + t * d, b1.data() + t * d, d) * s1[t];
+          const float g_den = -dot(gb2.data() + t * R, b2.data() + t * R, R) * s2[t];
+          for (int64_t i = 0; i < d; i++) gerr0[t * d + i] = gb1[t * d + i] * s1[t];
+          for (int64_t j = 0; j < R; j++) {
+            gh[t * R + j] = ga1[t * R + j] - 2.f * kap * h[j];
+            const float gs2 = gb2[t * R + j] * s2[t];
+            ge1[t * R + j] = gs2 * dh[j];
+            const float act2 = sgt[j] + dh[j] * (1.f - 2.f * sgt[j]);  // silu''
+            gzz[t * R + j] = (gs2 * e1[t * R + j] + 2.f * dh[j] * norm[j] * g_den) * act2 + dgd * gs2;
+          }
+          gden[t] = g_den;
+        }
+        for (int64_t j = 0; j < R; j++) colw[j] = 0.f;
+        for (int64_t t = 0; t < C; t++)
+          for (int64_t j = 0; j < R; j++) colw[j] += gden[t] * dZ[t * R + j] * dZ[t * R + j];
+        float* oW1e = pgW1e + n * dR;
+        for (int64_t i = 0; i < d; i++)
+          for (int64_t j = 0; j < R; j++) oW1e[i * R + j] = 2.f * colw[j] * w1e[i * R + j];
+        transpose(err.data(), C, d, d, T1.data(), C);  // err^T (d x C)
+        mm(d, R, C, T1.data(), C, ge1.data(), R, oW1e, R, true);
+        std::memcpy(gerr.data(), gerr0.data(), C * d * sizeof(float));
+        mm(C, d, R, ge1.data(), R, W1eT.data(), d, gerr.data(), d, true);
+        for (int64_t t = 0; t < C; t++)
+          for (int64_t i = 0; i < d; i++) {
+            gY[t * d + i] = gerr[t * d + i] + dgd * gerr0[t * d + i];
+            if (self_generated) gY[(C + t) * d + i] = -gerr[t * d + i];
+          }
+        transpose(gY.data(), rows, d, d, T1.data(), rows);  // gY^T (d x rows)
+        mm(d, R, rows, T1.data(), rows, Hh.data(), R, oW1e, R, true);
+        mm(rows, R, d, gY.data(), d, w1e, R, gZ.data(), R, false);
+        for (int64_t i = 0; i < rows * R; i++) gZ[i] *= dZ[i];
+        for (int64_t t = 0; t < C; t++)
+          for (int64_t j = 0; j < R; j++) gZ[t * R + j] += gh[t * R + j] * dZ[t * R + j] + gzz[t * R + j];
+        transpose(gZ.data(), rows, R, R, T1.data(), rows);  // gZ^T (R x rows)
+        float* oW2e = pgW2e + n * dR;
+        mm(R, d, C, T1.data(), rows, kk, d, oW2e, d, false);
+        if (self_generated) mm(R, d, C, T1.data() + C, rows, vv, d, oW2e, d, true);
+        mm(rows, d, R, gZ.data(), R, w2e, d, gX.data(), d, false);
+        float *gkm = pgk + m * C * d, *gvm = pgv + m * C * d;
+        for (int64_t t = 0; t < C; t++)
+          for (int64_t i = 0; i < d; i++) {
+            const int64_t x = t * d + i;
+            gkm[x] += gX[x] + ga2[x] + gerr[x];
+            gvm[x] += self_generated ? gX[C * d + x] - gerr[x] : -gerr[x];
+          }
+      }
+    }
+  });
+  return {gW1e, gW2e, gW1, gW2, gS1, gS2, gk, gv, gA, gc, gG, g_beta, g_s, gq};
+}
+
 // `chunk_coefficients` per row (eta, log_alpha, active (rows, C), log_beta (rows) or empty), by the recurrences the
 // closed form sums, O(C^2) per row and no C x C exp: with alpha_j = exp(log alpha_j), b_j = beta^{m_j},
 //   gamma_ji = alpha_j gamma_{j-1,i} + m_j mom_ji,  mom_ji = b_j mom_{j-1,i} (mom_ii = 1),
@@ -309,7 +619,8 @@ def _load():
         try:
             from torch.utils.cpp_extension import load_inline
 
-            _MODULE = load_inline(_name(), cpp_sources=_SOURCE, functions=["chunk_forward", "coefficients"],
+            _MODULE = load_inline(_name(), cpp_sources=_SOURCE,
+                                  functions=["chunk_forward", "chunk_backward", "coefficients"],
                                   extra_cflags=["-O3", "-march=native"], verbose=False)
         except Exception as error:  # no compiler, no headers: the PyTorch path
             warnings.warn(f"HOPE's CPU chunk kernel did not build ({type(error).__name__}: {error}); the memories run "
@@ -355,6 +666,27 @@ def chunk_forward(W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q, a
         flat[7] = torch.broadcast_to(v, k.shape).contiguous()
     return _MODULE.chunk_forward(*flat, beta, s, q.contiguous(), float(dgd), bool(self_generated), bool(momentum), P,
                                  H)
+
+
+def chunk_backward(saved, grads, dgd, self_generated, momentum, read_groups):
+    """`ChunkUpdateRead.backward`'s gradients from its saved tensors and the output gradients (None: zero)."""
+    global CALLS
+    CALLS += 1
+    W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q = saved
+    P, H = read_groups
+    flat = [t.contiguous() for t in (W1e, W2e, W1, W2, S1, S2, k, v, A, c, G)]
+    beta, s = (beta_end.reshape(-1).contiguous(), s_end.contiguous()) if momentum else (A, A)
+    if not self_generated:
+        flat[7] = torch.broadcast_to(v, k.shape).contiguous()
+    g_new = [torch.zeros_like(t) if g is None else g.contiguous() for g, t in zip(grads[:4], (W1, W2, S1, S2))]
+    g_out = grads[4] if q.numel() and grads[4] is not None else torch.zeros_like(q)
+    out = _MODULE.chunk_backward(*flat, beta, s, q.contiguous(), *g_new, g_out.contiguous(), float(dgd),
+                                 bool(self_generated), bool(momentum), P, H)
+    gk, gv = out[6], out[7]
+    if not self_generated and v.shape != k.shape:  # values broadcast against the keys
+        gv = gv.sum_to_size(v.shape)
+    g_beta, g_s = (out[11].view(beta_end.shape), out[12]) if momentum else (None, None)
+    return (*out[:6], gk, gv, out[8], out[9], out[10], g_beta, g_s, out[13] if q.numel() else None)
 
 
 def coefficients(eta, log_alpha, log_beta, active):

@@ -1,6 +1,6 @@
-"""The C++ chunk forward and coefficients (`memory_cpu.py`) against the PyTorch path they replace, both in float32,
-and against that path in float64 (the C++ path's error no larger than PyTorch's own); against the naive token-by-token
-scans; and where they must not run (gelu, autocast, `memory_kernel="torch"`)."""
+"""The C++ chunk forward, backward and coefficients (`memory_cpu.py`) against the PyTorch path they replace, both in
+float32, and against that path in float64 (the C++ path's error no larger than PyTorch's own); against the naive
+token-by-token scans; and where they must not run (gelu, autocast, `memory_kernel="torch"`)."""
 
 import shutil
 
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from modeling_hope import memory_cpu
-from modeling_hope.fast_weight_memory import (_coefficients, chunked_fused_scan, chunked_memory_scan,
-                                              naive_memory_scan)
+from modeling_hope.fast_weight_memory import (_coefficients, chunk_coefficients as _chunk_coefficients,
+                                              chunked_fused_scan, chunked_memory_scan, naive_memory_scan)
 from modeling_hope.memory_chunk import FastWeights, chunk_update_read
 
 from conftest import build, tiny_config
@@ -71,6 +71,49 @@ def test_chunk_forward_matches_pytorch(B, P, H, C, d, R, dgd, self_generated, mo
         # float32 rounding alone: no further from the float64 values than PyTorch's float32 path is
         err_fast, err_slow = (a.double() - ref).abs().max(), (b.double() - ref).abs().max()
         assert err_fast <= 4 * err_slow + 1e-6, (name, float(err_fast), float(err_slow))
+
+
+def _gradients(state, k, v, q, coefficient_inputs, dgd, self_generated, P, H, kernel: bool, dtype=torch.float32):
+    """Gradients of a random weighting of the chunk's outputs at the state, keys, values, queries and coefficient
+    inputs (through `ChunkCoefficients`' own backward, and the chunk node's)."""
+    leaves = [t.to(dtype).requires_grad_() for t in (*state, k, v, *([] if q is None else [q]))]
+    coef = [None if t is None else (t.to(dtype).requires_grad_() if t is not coefficient_inputs[3] else t.to(dtype))
+            for t in coefficient_inputs]
+    with memory_cpu.disabled(not kernel):
+        coefficients = [None if t is None else t.flatten(0, 1) for t in _chunk_coefficients(*coef)]
+        new, out = chunk_update_read(FastWeights(*leaves[:6]), *leaves[6:8], leaves[8] if q is not None else None,
+                                     coefficients, "silu", dgd, self_generated, (P, H))
+        outputs = [*new] + ([] if out is None else [out])
+        gen = torch.Generator().manual_seed(5)
+        loss = sum((t * torch.randn(t.shape, generator=gen).to(t.dtype)).sum() for t in outputs)
+        inputs = leaves + [t for t in coef[:3] if t is not None]
+        return torch.autograd.grad(loss, inputs)
+
+
+@pytest.mark.parametrize("dgd,self_generated,momentum,read,masked", [
+    (1.0, True, True, True, False), (0.0, False, True, True, True), (1.0, False, False, True, False),
+    (0.5, True, False, False, True), (1.0, True, True, False, False)])
+@pytest.mark.parametrize("B,P,H,C,d,R", [(2, 3, 2, 7, 4, 6), (1, 5, 4, 64, 48, 48)])
+def test_chunk_backward_matches_pytorch(B, P, H, C, d, R, dgd, self_generated, momentum, read, masked):
+    """The C++ backward's gradients (at the state, keys, values, queries, eta, log alpha, log beta) against the
+    PyTorch backward's in float32, and no further from the float64 gradients than those."""
+    gen = torch.Generator().manual_seed(C * 11 + P)
+    state, k, v, q, coefficient_inputs = _chunk_inputs(gen, B, P, H, C, d, R, momentum, masked)
+    q = q if read else None
+    calls = memory_cpu.CALLS
+    fast = _gradients(state, k, v, q, coefficient_inputs, dgd, self_generated, P, H, kernel=True)
+    assert memory_cpu.CALLS == calls + 3  # coefficients, the chunk's forward and its backward
+    slow = _gradients(state, k, v, q, coefficient_inputs, dgd, self_generated, P, H, kernel=False)
+    exact = _gradients(state, k, v, q, coefficient_inputs, dgd, self_generated, P, H, kernel=False,
+                       dtype=torch.float64)
+    names = "W1e W2e W1 W2 S1 S2 k v".split() + (["q"] if read else []) + ["eta", "log_alpha", "log_beta"]
+    assert len(fast) == len(slow) == len(exact)
+    for name, a, b, ref in zip(names, fast, slow, exact):
+        scale = float(ref.abs().max())  # sums over the chunk: their rounding grows with their size
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=4e-6 * scale + 1e-6,
+                                   msg=lambda m: f"gradient of {name}: {m}")
+        err_fast, err_slow = (a.double() - ref).abs().max(), (b.double() - ref).abs().max()
+        assert err_fast <= 4 * err_slow + 2e-6 * scale, (name, float(err_fast), float(err_slow))
 
 
 @pytest.mark.parametrize("momentum", [True, False])
