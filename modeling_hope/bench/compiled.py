@@ -1,11 +1,13 @@
-"""torch.compile on HOPE: the eager model against the same weights with `compile_memory=True` (the per-chunk step
-compiled) wrapped in `torch.compile(model)` (everything outside the chunk loop compiled), for a training step and for
-decoding; the training step also for the Llama twin, eager and in `torch.compile(model)`, so that the HOPE / Llama
+"""torch.compile on HOPE: the eager model against the same weights wrapped in `torch.compile(model)` (everything
+outside the chunk loop compiled), with `compile_memory=True` (the per-chunk step compiled too) except on the CPU where
+the C++ chunk kernel runs (`memory_cpu.py`: faster than the compiled PyTorch step; the loop stays eager), for a
+training step and for decoding; the training step also for the Llama twin, eager and in `torch.compile(model)`, so that the HOPE / Llama
 ratio is there with both models compiled. Compile time is the first call's time less an eager call's; steps are
 interleaved, best of N."""
 
 import torch
 
+from .. import memory_cpu
 from .decode import Decoder
 from .models import build, random_ids
 from .prefill import prefill
@@ -13,8 +15,12 @@ from .timing import interleaved, now, summary
 from .training import train_step_seconds
 
 
+def _compile_memory(hope) -> bool:
+    return not (hope.device.type == "cpu" and hope.dtype == torch.float32 and memory_cpu.available())
+
+
 def _pair(hope, preset: str, backend: str):
-    compiled = build("hope", preset, device=hope.device, dtype=hope.dtype, compile_memory=True)
+    compiled = build("hope", preset, device=hope.device, dtype=hope.dtype, compile_memory=_compile_memory(hope))
     compiled.load_state_dict(hope.state_dict())
     return compiled, torch.compile(compiled, backend=backend)
 
@@ -24,7 +30,8 @@ def run(hope, preset: str, length: int, context: int, steps: int, repeats: int, 
     torch._dynamo.reset()
     model, compiled = _pair(hope, preset, backend)
     ids = random_ids(hope.config.vocab_size, 1, length, seed, hope.device)
-    out = {"method": __doc__.replace("\n", " "), "backend": backend, "length": length, "context": context}
+    out = {"method": __doc__.replace("\n", " "), "backend": backend, "length": length, "context": context,
+           "compile_memory": model.config.compile_memory}
 
     pairs = {"": (hope, compiled)}
     if llama is not None:
