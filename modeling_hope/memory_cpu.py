@@ -86,6 +86,29 @@ inline float sigmoid(float z) { return 1.f / (1.f + exp_approx(-z)); }
 
 }  // namespace
 
+// A chunk's inputs (see `chunk_forward`) as sizes and float pointers, for the forward and the backward.
+struct ChunkInputs {
+  int64_t N, d, R, C, M, dR, rows, P, H;
+  float dgd;
+  bool self_generated, momentum, read;
+  const float *W1e, *W2e, *W1, *W2, *S1, *S2, *k, *v, *A, *c, *G, *q, *beta, *s;
+
+  ChunkInputs(const std::vector<at::Tensor>& t, double dgd_, bool self_generated_, bool momentum_, int64_t P_,
+              int64_t H_)
+      : N(t[2].size(0)), d(t[2].size(1)), R(t[2].size(2)), C(t[6].size(1)), M(N / P_), dR(d * R),
+        rows(self_generated_ ? 2 * C : C), P(P_), H(H_), dgd(static_cast<float>(dgd_)),
+        self_generated(self_generated_), momentum(momentum_), read(t[13].numel() > 0) {
+    const float** fields[] = {&W1e, &W2e, &W1, &W2, &S1, &S2, &k, &v, &A, &c, &G};
+    for (int i = 0; i < 11; i++) *fields[i] = t[i].data_ptr<float>();
+    q = read ? t[13].data_ptr<float>() : nullptr;
+    beta = momentum ? t[11].data_ptr<float>() : nullptr;
+    s = momentum ? t[12].data_ptr<float>() : nullptr;
+  }
+
+  // the memory row of head row m's p-th memory: rows are (batch, memory, head), heads (batch, head)
+  int64_t memory(int64_t m, int64_t p) const { return ((m / H) * P + p) * H + m % H; }
+};
+
 // See the module's docstring. W* (N, d, R) / (N, R, d) contiguous float32; k, v, q (M, C, d) with M = N / P; A, c, s
 // (M, C); G (M, C, C); beta (M). Memory n = (b P + p) H + h reads its head's row m = b H + h; the reading memory is
 // p = P - 1. Everything runs transposed (tokens along the columns: X^T = [k; v]^T is (d, 2C)), so that each product's
@@ -94,15 +117,10 @@ std::vector<at::Tensor> chunk_forward(at::Tensor W1e, at::Tensor W2e, at::Tensor
                                       at::Tensor S2, at::Tensor k, at::Tensor v, at::Tensor A, at::Tensor c,
                                       at::Tensor G, at::Tensor beta, at::Tensor s, at::Tensor q, double dgd_,
                                       bool self_generated, bool momentum, int64_t P, int64_t H) {
-  const int64_t N = W1.size(0), d = W1.size(1), R = W1.size(2), C = k.size(1), M = N / P, dR = d * R;
-  const int64_t rows = self_generated ? 2 * C : C;
-  const float dgd = static_cast<float>(dgd_);
-  const bool read = q.numel() > 0;
-  const float *pW1e = W1e.data_ptr<float>(), *pW2e = W2e.data_ptr<float>(), *pW1 = W1.data_ptr<float>(),
-              *pW2 = W2.data_ptr<float>(), *pS1 = S1.data_ptr<float>(), *pS2 = S2.data_ptr<float>(),
-              *pk = k.data_ptr<float>(), *pv = v.data_ptr<float>(), *pA = A.data_ptr<float>(),
-              *pc = c.data_ptr<float>(), *pG = G.data_ptr<float>(), *pq = read ? q.data_ptr<float>() : nullptr;
-  const float *pbeta = momentum ? beta.data_ptr<float>() : nullptr, *ps = momentum ? s.data_ptr<float>() : nullptr;
+  const ChunkInputs x({W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta, s, q}, dgd_, self_generated, momentum, P, H);
+  const int64_t N = x.N, d = x.d, R = x.R, C = x.C, M = x.M, dR = x.dR, rows = x.rows;
+  const float dgd = x.dgd;
+  const bool read = x.read;
   auto W1n = at::empty_like(W1), W2n = at::empty_like(W2);
   auto S1n = momentum ? at::empty_like(S1) : S1.clone(), S2n = momentum ? at::empty_like(S2) : S2.clone();
   auto out = read ? at::empty_like(q) : q;
@@ -115,13 +133,13 @@ std::vector<at::Tensor> chunk_forward(at::Tensor W1e, at::Tensor W2e, at::Tensor
         W1eT(R * d), e1T(R * C), norm(R), b1T(d * C), b2T(R * C), a1(C * R), T(D * C), s1(C), s2(C), qT(d * C),
         xT(D * C), zT(R * C), hT(R * C), PT(C * C), oT(d * C);
     for (int64_t m = lo; m < hi; m++) {
-      const float *kk = pk + m * C * d, *Am = pA + m * C, *cm = pc + m * C, *Gm = pG + m * C * C;
+      const float *kk = x.k + m * C * d, *Am = x.A + m * C, *cm = x.c + m * C, *Gm = x.G + m * C * C;
       const float* g = Gm + (C - 1) * C;  // G's last row: the end state's weights
       transpose(kk, C, d, d, XT.data(), 2 * C);
-      transpose(pv + m * C * d, C, d, d, XT.data() + C, 2 * C);
+      transpose(x.v + m * C * d, C, d, d, XT.data() + C, 2 * C);
       for (int64_t p = 0; p < P; p++) {
-        const int64_t n = ((m / H) * P + p) * H + m % H;
-        const float *w1e = pW1e + n * dR, *w2e = pW2e + n * dR;
+        const int64_t n = x.memory(m, p);
+        const float *w1e = x.W1e + n * dR, *w2e = x.W2e + n * dR;
         // Z^T = W2e X^T; H^T = silu(Z^T), and silu'(z) = sg + h (1 - sg) over the keys' columns
         mm(R, rows, d, w2e, d, XT.data(), 2 * C, ZT.data(), rows, false);
         for (int64_t j = 0; j < R; j++) {
@@ -176,7 +194,7 @@ std::vector<at::Tensor> chunk_forward(at::Tensor W1e, at::Tensor W2e, at::Tensor
         // W' = A_C W + c_C S + T a with T = -(b * g)^T (a1 = h's key rows, a2 = k); S' = beta_C S - (b * s)^T a
         transpose(HT.data(), R, C, rows, a1.data(), R);
         const float Ae = Am[C - 1], ce = momentum ? cm[C - 1] : 0.f;
-        const float *w1 = pW1 + n * dR, *w2 = pW2 + n * dR, *S1p = pS1 + n * dR, *S2p = pS2 + n * dR;
+        const float *w1 = x.W1 + n * dR, *w2 = x.W2 + n * dR, *S1p = x.S1 + n * dR, *S2p = x.S2 + n * dR;
         float *w1n = pW1n + n * dR, *w2n = pW2n + n * dR;
         for (int64_t i = 0; i < dR; i++) {
           w1n[i] = Ae * w1[i] + ce * S1p[i];
@@ -190,19 +208,19 @@ std::vector<at::Tensor> chunk_forward(at::Tensor W1e, at::Tensor W2e, at::Tensor
         };
         outer(g, w1n, w2n);
         if (momentum) {
-          const float be = pbeta[m];
+          const float be = x.beta[m];
           float *s1n = pS1n + n * dR, *s2n = pS2n + n * dR;
           for (int64_t i = 0; i < dR; i++) {
             s1n[i] = be * S1p[i];
             s2n[i] = be * S2p[i];
           }
-          outer(ps + m * C, s1n, s2n);
+          outer(x.s + m * C, s1n, s2n);
         }
         if (!read || p != P - 1) continue;
 
         // the read: z^T = W2 (A q)^T + S2 (c q)^T - b2^T (G * q k^T)^T, h = silu(z),
         // out^T = q^T + W1 (A h)^T + S1 (c h)^T - b1^T (G * h a1^T)^T
-        const float* qm = pq + m * C * d;
+        const float* qm = x.q + m * C * d;
         transpose(qm, C, d, d, qT.data(), C);
         auto masked = [&]() {  // PT[i][j] *= -G[j][i]
           for (int64_t i = 0; i < C; i++)
@@ -255,17 +273,12 @@ std::vector<at::Tensor> chunk_backward(at::Tensor W1e, at::Tensor W2e, at::Tenso
                                        at::Tensor G, at::Tensor beta, at::Tensor s, at::Tensor q, at::Tensor gW1n,
                                        at::Tensor gW2n, at::Tensor gS1n, at::Tensor gS2n, at::Tensor gout, double dgd_,
                                        bool self_generated, bool momentum, int64_t P, int64_t H) {
-  const int64_t N = W1.size(0), d = W1.size(1), R = W1.size(2), C = k.size(1), M = N / P, dR = d * R;
-  const int64_t rows = self_generated ? 2 * C : C;
-  const float dgd = static_cast<float>(dgd_);
-  const bool read = q.numel() > 0;
-  const float *pW1e = W1e.data_ptr<float>(), *pW2e = W2e.data_ptr<float>(), *pW1 = W1.data_ptr<float>(),
-              *pW2 = W2.data_ptr<float>(), *pS1 = S1.data_ptr<float>(), *pS2 = S2.data_ptr<float>(),
-              *pk = k.data_ptr<float>(), *pv = v.data_ptr<float>(), *pA = A.data_ptr<float>(),
-              *pc = c.data_ptr<float>(), *pG = G.data_ptr<float>(), *pq = read ? q.data_ptr<float>() : nullptr,
-              *pgW1n = gW1n.data_ptr<float>(), *pgW2n = gW2n.data_ptr<float>(), *pgS1n = gS1n.data_ptr<float>(),
+  const ChunkInputs x({W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta, s, q}, dgd_, self_generated, momentum, P, H);
+  const int64_t N = x.N, d = x.d, R = x.R, C = x.C, M = x.M, dR = x.dR, rows = x.rows;
+  const float dgd = x.dgd;
+  const bool read = x.read;
+  const float *pgW1n = gW1n.data_ptr<float>(), *pgW2n = gW2n.data_ptr<float>(), *pgS1n = gS1n.data_ptr<float>(),
               *pgS2n = gS2n.data_ptr<float>(), *pgo = read ? gout.data_ptr<float>() : nullptr;
-  const float *pbeta = momentum ? beta.data_ptr<float>() : nullptr, *ps = momentum ? s.data_ptr<float>() : nullptr;
   auto opts = W1.options();
   auto gW1e = at::empty_like(W1e), gW2e = at::empty_like(W2e), gW1 = at::empty_like(W1), gW2 = at::empty_like(W2),
        gS1 = at::empty_like(S1), gS2 = at::empty_like(S2);
@@ -287,15 +300,15 @@ std::vector<at::Tensor> chunk_backward(at::Tensor W1e, at::Tensor W2e, at::Tenso
         qW2(C * R), qS2(C * R), gz(C * R), xs(C * D), gh(C * R), gerr0(C * d), gb2s(C * R), ge1(C * R), gzz(C * R),
         colw(R), gerr(C * d), gY(rows * d), gZ(rows * R), gX(rows * d);
     for (int64_t m = lo; m < hi; m++) {
-      const float *kk = pk + m * C * d, *vv = pv + m * C * d, *Am = pA + m * C, *cm = pc + m * C,
-                  *Gm = pG + m * C * C;
+      const float *kk = x.k + m * C * d, *vv = x.v + m * C * d, *Am = x.A + m * C, *cm = x.c + m * C,
+                  *Gm = x.G + m * C * C;
       const float* g = Gm + (C - 1) * C;
-      const float* sm = momentum ? ps + m * C : nullptr;
+      const float* sm = momentum ? x.s + m * C : nullptr;
       float *gAm = pgA + m * C, *gcm = pgc + m * C, *gGm = pgG + m * C * C;
       for (int64_t p = 0; p < P; p++) {
-        const int64_t n = ((m / H) * P + p) * H + m % H;
-        const float *w1e = pW1e + n * dR, *w2e = pW2e + n * dR, *w1 = pW1 + n * dR, *w2 = pW2 + n * dR,
-                    *S1p = pS1 + n * dR, *S2p = pS2 + n * dR, *g1 = pgW1n + n * dR, *g2 = pgW2n + n * dR,
+        const int64_t n = x.memory(m, p);
+        const float *w1e = x.W1e + n * dR, *w2e = x.W2e + n * dR, *w1 = x.W1 + n * dR, *w2 = x.W2 + n * dR,
+                    *S1p = x.S1 + n * dR, *S2p = x.S2 + n * dR, *g1 = pgW1n + n * dR, *g2 = pgW2n + n * dR,
                     *h1 = pgS1n + n * dR, *h2 = pgS2n + n * dR;
         float *oW1 = pgW1 + n * dR, *oW2 = pgW2 + n * dR, *oS1 = pgS1 + n * dR, *oS2 = pgS2 + n * dR;
 
@@ -336,7 +349,7 @@ std::vector<at::Tensor> chunk_backward(at::Tensor W1e, at::Tensor W2e, at::Tenso
         const float* a1 = Hh.data();  // the keys' rows
 
         // end state: W' = A_C W + c_C S - sum_i g_i b_i a_i^T, S' = beta_C S - sum_i s_i b_i a_i^T (or S' = S)
-        const float Ae = Am[C - 1], ce = momentum ? cm[C - 1] : 0.f, be = momentum ? pbeta[m] : 0.f;
+        const float Ae = Am[C - 1], ce = momentum ? cm[C - 1] : 0.f, be = momentum ? x.beta[m] : 0.f;
         for (int64_t i = 0; i < dR; i++) {
           oW1[i] = Ae * g1[i];
           oW2[i] = Ae * g2[i];
@@ -392,7 +405,7 @@ std::vector<at::Tensor> chunk_backward(at::Tensor W1e, at::Tensor W2e, at::Tenso
         if (read && p == P - 1) {
           // z = A (q W2^T) + c (q S2^T) - (G * q k^T) b2, h = silu(z); out = q + A (h W1^T) + c (h S1^T)
           // - (G * h a1^T) b1
-          const float *qm = pq + m * C * d, *go = pgo + m * C * d;
+          const float *qm = x.q + m * C * d, *go = pgo + m * C * d;
           transpose(w2, R, d, d, T1.data(), R);
           mm(C, R, d, qm, d, T1.data(), R, qW2.data(), R, false);
           if (momentum) {
