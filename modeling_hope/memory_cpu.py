@@ -17,7 +17,8 @@ The equations are those of `memory_chunk.py` (its docstrings and the comments of
 The extension is compiled on first use (about 25 s, `torch.utils.cpp_extension`, cached on disk for later processes)
 with the machine's own instruction set; without a C++ compiler, or where the build fails, a warning says so once and
 the chunks run in PyTorch. A chunk whose forward ran here takes its backward here too. Not under CPU autocast: there
-PyTorch's products run in bfloat16, and this path would not give the same values."""
+PyTorch's products run in bfloat16, and this path would not give the same values. Off with the config's
+`memory_kernel="torch"` (per model call, `disabled()`) or `HOPE_CPU_KERNEL=0` in the environment (everywhere)."""
 
 import contextlib
 import hashlib
