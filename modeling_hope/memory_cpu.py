@@ -637,8 +637,9 @@ def _load():
                                   functions=["chunk_forward", "chunk_backward", "coefficients"],
                                   extra_cflags=["-O3", "-march=native"], verbose=False)
         except Exception as error:  # no compiler, no headers: the PyTorch path
-            warnings.warn(f"HOPE's CPU chunk kernel did not build ({type(error).__name__}: {error}); the memories run "
-                          "in PyTorch (same results, slower)", stacklevel=3)
+            detail = str(error).strip()[-400:]  # the end of the build log says what failed
+            warnings.warn(f"HOPE's CPU chunk kernel did not build ({type(error).__name__}: ...{detail}); the memories "
+                          "run in PyTorch (same results, slower)", stacklevel=3)
             _MODULE = False
     return _MODULE
 

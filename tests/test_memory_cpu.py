@@ -227,3 +227,26 @@ def test_fused_scan_with_the_kernel_matches_pytorch():
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
     for a, b in zip(new, ref_new):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_failed_build_warns_and_falls_back(monkeypatch):
+    """Where the extension cannot be built, one warning names the failure and the chunks run in PyTorch."""
+    import torch.utils.cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension: /bin/sh: 1: c++: not found")
+
+    monkeypatch.setattr(memory_cpu, "_MODULE", None)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load_inline", no_compiler)
+    with pytest.warns(UserWarning, match="did not build .*c\\+\\+: not found.*run in PyTorch"):
+        assert not memory_cpu.available()
+    gen = torch.Generator().manual_seed(6)
+    state, k, v, q, coefficient_inputs = _chunk_inputs(gen, 1, 2, 2, 8, 4, 4, True, False)
+    calls = memory_cpu.CALLS
+    fallback = _chunk(state, k, v, q, coefficient_inputs, 1.0, True, 2, 2, kernel=True)
+    assert memory_cpu.CALLS == calls
+    monkeypatch.undo()
+    built = _chunk(state, k, v, q, coefficient_inputs, 1.0, True, 2, 2, kernel=True)
+    assert memory_cpu.CALLS == calls + 2
+    for a, b in zip(fallback, built):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
