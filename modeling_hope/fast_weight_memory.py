@@ -26,6 +26,8 @@ from torch.autograd.function import once_differentiable
 from .continuum_memory import eager_autograd
 from .memory_cpu import applies as cpu_kernel_applies
 from .memory_cpu import coefficients as cpu_coefficients
+from .memory_cpu import disabled as cpu_kernel_disabled
+from .memory_cpu import enabled as cpu_kernel_enabled
 from .memory_chunk import (ACTIVATIONS, FastWeights, MemoryRead, chunk_update_read, end_state, inner_update_factors,
                            memory_read, row_flags, step_scale_w1, step_scale_w2, with_eval)
 
@@ -382,10 +384,16 @@ def scan_chunks(step, state, pieces, recompute: int = 0):
 
     if not (recompute and torch.is_grad_enabled()):
         return run(0, state, *(t for part in zip(*pieces) for t in part))
+    kernel = cpu_kernel_enabled()  # backward recomputes outside the model's `memory_kernel` switch: take it along
+
+    def segment(*args):
+        with cpu_kernel_disabled(not kernel):
+            return run(*args)
+
     outs = []
     for first in range(0, len(pieces), recompute):
         flat = [t for part in zip(*pieces[first:first + recompute]) for t in part]  # grouped by field
-        out, state = torch.utils.checkpoint.checkpoint(run, first, state, *flat, use_reentrant=False)
+        out, state = torch.utils.checkpoint.checkpoint(segment, first, state, *flat, use_reentrant=False)
         outs.append(out)
     return tuple(torch.cat(parts, 2) for parts in zip(*outs)), state
 

@@ -660,6 +660,11 @@ def disabled(flag: bool = True):
         ENABLED = before
 
 
+def enabled() -> bool:
+    """Whether `disabled()` is off here (checkpointed segments take it along to their recomputation)."""
+    return ENABLED
+
+
 def applies(*tensors) -> bool:
     """A float32 CPU chunk outside autocast, the kernel enabled and built."""
     if not ENABLED or torch.compiler.is_compiling() or os.environ.get("HOPE_CPU_KERNEL", "1") == "0":

@@ -250,3 +250,29 @@ def test_failed_build_warns_and_falls_back(monkeypatch):
     assert memory_cpu.CALLS == calls + 2
     for a, b in zip(fallback, built):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("chunks", [(4, 4), (4, 3)], ids=["fused-scan", "separate-scans"])
+def test_training_gradients_with_the_kernel(chunks):
+    """A float32 training step of a padded batch through the C++ chunks (forward and backward), with and without
+    `memory_recompute` (whose checkpoint segments run the chunks again in backward), against the PyTorch chunks; with
+    `memory_kernel="torch"` the recomputation in backward stays in PyTorch too."""
+    ids = torch.randint(2, 61, (2, 40), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :7] = 0
+    grads = {}
+    for kernel, recompute in (("torch", 0), ("torch", 3), ("auto", 0), ("auto", 3)):
+        model = build(tiny_config(mixer_type="self_modifying_titans", memory_chunk_size=chunks[0],
+                                  projection_chunk_size=chunks[1], memory_kernel=kernel,
+                                  memory_recompute=recompute), seed=5).train()
+        calls = memory_cpu.CALLS
+        model(ids, attention_mask=mask, labels=ids).loss.backward()
+        assert (memory_cpu.CALLS > calls) == (kernel == "auto")
+        grads[kernel, recompute] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    reference = grads["torch", 0]
+    for key in (("torch", 3), ("auto", 0), ("auto", 3)):
+        assert grads[key].keys() == reference.keys()
+        for name, g in grads[key].items():
+            scale = float(reference[name].abs().max())
+            torch.testing.assert_close(g, reference[name], rtol=1e-3, atol=1e-5 * scale + 1e-7,
+                                       msg=lambda m: f"{key}, {name}: {m}")
