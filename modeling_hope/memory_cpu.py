@@ -25,6 +25,7 @@ import hashlib
 import os
 import shutil
 import sys
+import threading
 import warnings
 
 import torch
@@ -608,7 +609,7 @@ std::vector<at::Tensor> coefficients(at::Tensor eta, at::Tensor log_alpha, at::T
 """
 
 _MODULE = None  # the built extension, or False once its build failed
-ENABLED = True  # `disabled()` turns it off (the config's memory_kernel="torch")
+_SWITCH = threading.local()  # `disabled()` turns it off in this thread (the config's memory_kernel="torch")
 CALLS = 0  # chunks it ran (the tests make sure it ran)
 
 
@@ -652,22 +653,22 @@ def available() -> bool:
 @contextlib.contextmanager
 def disabled(flag: bool = True):
     """Within the block (when `flag`), chunks run in PyTorch."""
-    global ENABLED
-    before, ENABLED = ENABLED, ENABLED and not flag
+    before = enabled()
+    _SWITCH.on = before and not flag
     try:
         yield
     finally:
-        ENABLED = before
+        _SWITCH.on = before
 
 
 def enabled() -> bool:
     """Whether `disabled()` is off here (checkpointed segments take it along to their recomputation)."""
-    return ENABLED
+    return getattr(_SWITCH, "on", True)
 
 
 def applies(*tensors) -> bool:
     """A float32 CPU chunk outside autocast, the kernel enabled and built."""
-    if not ENABLED or torch.compiler.is_compiling() or os.environ.get("HOPE_CPU_KERNEL", "1") == "0":
+    if not enabled() or torch.compiler.is_compiling() or os.environ.get("HOPE_CPU_KERNEL", "1") == "0":
         return False
     if torch.is_autocast_enabled("cpu") or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
         return False

@@ -276,3 +276,21 @@ def test_training_gradients_with_the_kernel(chunks):
             scale = float(reference[name].abs().max())
             torch.testing.assert_close(g, reference[name], rtol=1e-3, atol=1e-5 * scale + 1e-7,
                                        msg=lambda m: f"{key}, {name}: {m}")
+
+
+def test_switch_is_per_thread():
+    """`disabled()` (a model's memory_kernel="torch") holds in its own thread only: another thread's chunks still
+    run in C++ meanwhile."""
+    import threading
+
+    seen = {}
+
+    def other():
+        seen["other"] = memory_cpu.enabled()
+
+    with memory_cpu.disabled():
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        seen["here"] = memory_cpu.enabled()
+    assert seen == {"other": True, "here": False} and memory_cpu.enabled()
