@@ -1,13 +1,13 @@
 """One chunk of a group of fast-weight memories (`memory_chunk.ChunkUpdateRead`: forward and backward) and the chunk
 coefficients (`fast_weight_memory.chunk_coefficients`) as C++ calls, for float32 silu memories on the CPU.
 
-In PyTorch a chunk's forward is about sixty small operations and its backward about a hundred and fifty (products of
-64 x 48 matrices, elementwise passes of a few thousand entries): their dispatch costs as much as their work. Here the
-same math walks a head's memories one by one, each memory's tensors in cache and the elementwise terms fused into
-loops. The products go through oneDNN's block GEMM (`at::native::cpublas::brgemm`, which inductor's CPU GEMM templates
-call; it falls back to the BLAS gemm where oneDNN's micro-kernels do not run): on AMD processors MKL takes its AVX2 path,
-and at these sizes oneDNN's AVX-512 kernels run 2.5x faster (about 260 against 100 GFLOP/s on the benchmark machine).
-The equations are those of `memory_chunk.py` (its docstrings and the comments of its backward):
+In PyTorch a chunk's forward is about sixty small operations and its backward about a hundred and fifty (products of 64
+x 48 matrices, elementwise passes of a few thousand entries): their dispatch costs as much as their work. Here the same
+math walks a head's memories one by one, each memory's tensors in cache and the elementwise terms fused into loops. The
+products go through oneDNN's block GEMM (`at::native::cpublas::brgemm`, which inductor's CPU GEMM templates call; it
+falls back to the BLAS gemm where oneDNN's micro-kernels do not run): on AMD processors MKL takes its AVX2 path, and at
+these sizes oneDNN's AVX-512 kernels run 2.5x faster (about 260 against 100 GFLOP/s on the benchmark machine). The
+equations are those of `memory_chunk.py` (its docstrings and the comments of its backward):
 
     Z = X W2e^T (X = [k; v] or k),  H = act(Z),  Y = H W1e^T,  err = k - v + y (- yv),  e1 = err W1e
     b1 = (err + dgd y) s1,  b2 = (e1 * act'(z) + dgd z) s2,  a1 = act(z),  a2 = k
@@ -120,7 +120,7 @@ std::vector<at::Tensor> chunk_forward(at::Tensor W1e, at::Tensor W2e, at::Tensor
                                       at::Tensor G, at::Tensor beta, at::Tensor s, at::Tensor q, double dgd_,
                                       bool self_generated, bool momentum, int64_t P, int64_t H) {
   const ChunkInputs x({W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta, s, q}, dgd_, self_generated, momentum, P, H);
-  const int64_t N = x.N, d = x.d, R = x.R, C = x.C, M = x.M, dR = x.dR, rows = x.rows;
+  const int64_t d = x.d, R = x.R, C = x.C, M = x.M, dR = x.dR, rows = x.rows;
   const float dgd = x.dgd;
   const bool read = x.read;
   auto W1n = at::empty_like(W1), W2n = at::empty_like(W2);
@@ -263,6 +263,15 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return acc;
 }
 
+// out = -(G * X) (C x C), or its transpose
+inline void neg_masked(const float* G, const float* X, int64_t C, bool transposed, float* out) {
+  for (int64_t i = 0; i < C; i++)
+    for (int64_t j = 0; j < C; j++) {
+      const int64_t a = transposed ? j * C + i : i * C + j;
+      out[i * C + j] = -G[a] * X[a];
+    }
+}
+
 }  // namespace
 
 // `ChunkUpdateRead.backward` (memory_chunk.py, whose comments derive it), for the inputs of `chunk_forward` and the
@@ -276,7 +285,7 @@ std::vector<at::Tensor> chunk_backward(at::Tensor W1e, at::Tensor W2e, at::Tenso
                                        at::Tensor gW2n, at::Tensor gS1n, at::Tensor gS2n, at::Tensor gout, double dgd_,
                                        bool self_generated, bool momentum, int64_t P, int64_t H) {
   const ChunkInputs x({W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta, s, q}, dgd_, self_generated, momentum, P, H);
-  const int64_t N = x.N, d = x.d, R = x.R, C = x.C, M = x.M, dR = x.dR, rows = x.rows;
+  const int64_t d = x.d, R = x.R, C = x.C, M = x.M, dR = x.dR, rows = x.rows;
   const float dgd = x.dgd;
   const bool read = x.read;
   const float *pgW1n = gW1n.data_ptr<float>(), *pgW2n = gW2n.data_ptr<float>(), *pgS1n = gS1n.data_ptr<float>(),
@@ -298,7 +307,8 @@ std::vector<at::Tensor> chunk_backward(at::Tensor W1e, at::Tensor W2e, at::Tenso
     std::vector<float> T1(D * D2), T2(D * D2), Z(rows * R), sg(rows * R), Hh(rows * R), dZ(rows * R), Y(rows * d),
         err(C * d), e1(C * R), norm(R), s1(C), s2(C), gden(C), b1(C * d), b2(C * R), pW(C * (d + R)),
         pS(C * (d + R)), W1eT(R * d), ga1(C * R),
-        gb1(C * d), ga2(C * d), gb2(C * R), CC1(C * C), CC2(C * C), CC3(C * C), rz(C * R), rh(C * R), rdz(C * R),
+        gb1(C * d), ga2(C * d), gb2(C * R), qa2(C * C), ha1(C * C), CC2(C * C), CC3(C * C), rz(C * R), rh(C * R),
+        rdz(C * R),
         qW2(C * R), qS2(C * R), gz(C * R), xs(C * D), gh(C * R), gerr0(C * d), gb2s(C * R), ge1(C * R), gzz(C * R),
         colw(R), gerr(C * d), gY(rows * d), gZ(rows * R), gX(rows * d);
     for (int64_t m = lo; m < hi; m++) {
@@ -415,8 +425,8 @@ std::vector<at::Tensor> chunk_backward(at::Tensor W1e, at::Tensor W2e, at::Tenso
             mm(C, R, d, qm, d, T1.data(), R, qS2.data(), R, false);
           }
           transpose(kk, C, d, d, T1.data(), C);
-          mm(C, C, d, qm, d, T1.data(), C, CC1.data(), C, false);  // qa2 = q k^T
-          for (int64_t i = 0; i < C * C; i++) CC2[i] = -Gm[i] * CC1[i];
+          mm(C, C, d, qm, d, T1.data(), C, qa2.data(), C, false);  // q k^T
+          neg_masked(Gm, qa2.data(), C, false, CC2.data());
           for (int64_t t = 0; t < C; t++)
             for (int64_t j = 0; j < R; j++)
               rz[t * R + j] = Am[t] * qW2[t * R + j] + (momentum ? cm[t] * qS2[t * R + j] : 0.f);
@@ -437,8 +447,8 @@ std::vector<at::Tensor> chunk_backward(at::Tensor W1e, at::Tensor W2e, at::Tenso
           transpose(b1.data(), C, d, d, T1.data(), C);
           mm(C, C, d, go, d, T1.data(), C, CC3.data(), C, false);  // Q1
           transpose(a1, C, R, R, T2.data(), C);
-          mm(C, C, R, rh.data(), R, T2.data(), C, CC1.data(), C, false);  // ha1 (qa2 no longer needed as such)
-          for (int64_t i = 0; i < C * C; i++) gGm[i] -= CC3[i] * CC1[i];
+          mm(C, C, R, rh.data(), R, T2.data(), C, ha1.data(), C, false);  // h a1^T
+          for (int64_t i = 0; i < C * C; i++) gGm[i] -= CC3[i] * ha1[i];
           // gW1 += (A go)^T h, gS1 += (c go)^T h
           transpose(go, C, d, d, T1.data(), C);
           scale_columns(T1.data(), d, C, Am, 1.f, T2.data());
@@ -448,17 +458,15 @@ std::vector<at::Tensor> chunk_backward(at::Tensor W1e, at::Tensor W2e, at::Tenso
             mm(d, R, C, T2.data(), C, rh.data(), R, oS1, R, true);
           }
           // ga1 -= (G Q1)^T h, gb1 -= (G ha1)^T go
-          for (int64_t i = 0; i < C; i++)
-            for (int64_t j = 0; j < C; j++) CC2[i * C + j] = -Gm[j * C + i] * CC3[j * C + i];
+          neg_masked(Gm, CC3.data(), C, true, CC2.data());
           mm(C, R, C, CC2.data(), C, rh.data(), R, ga1.data(), R, true);
-          for (int64_t i = 0; i < C; i++)
-            for (int64_t j = 0; j < C; j++) CC2[i * C + j] = -Gm[j * C + i] * CC1[j * C + i];
+          neg_masked(Gm, ha1.data(), C, true, CC2.data());
           mm(C, d, C, CC2.data(), C, go, d, gb1.data(), d, true);
           // gz = (A go W1 + c go S1 - (G Q1) a1) * silu'(z)
           for (int64_t t = 0; t < C; t++)
             for (int64_t j = 0; j < R; j++)
               gz[t * R + j] = Am[t] * gz[t * R + j] + (momentum ? cm[t] * xs[t * R + j] : 0.f);
-          for (int64_t i = 0; i < C * C; i++) CC2[i] = -Gm[i] * CC3[i];
+          neg_masked(Gm, CC3.data(), C, false, CC2.data());
           mm(C, R, C, CC2.data(), C, a1, R, gz.data(), R, true);
           for (int64_t i = 0; i < C * R; i++) gz[i] *= rdz[i];
           for (int64_t t = 0; t < C; t++) {
@@ -468,9 +476,7 @@ std::vector<at::Tensor> chunk_backward(at::Tensor W1e, at::Tensor W2e, at::Tenso
           // Q2 = gz b2^T, gG -= Q2 * (q k^T)
           transpose(b2.data(), C, R, R, T1.data(), C);
           mm(C, C, R, gz.data(), R, T1.data(), C, CC3.data(), C, false);  // Q2
-          transpose(kk, C, d, d, T1.data(), C);
-          mm(C, C, d, qm, d, T1.data(), C, CC1.data(), C, false);  // qa2 again
-          for (int64_t i = 0; i < C * C; i++) gGm[i] -= CC3[i] * CC1[i];
+          for (int64_t i = 0; i < C * C; i++) gGm[i] -= CC3[i] * qa2[i];
           // gW2 += (A gz)^T q, gS2 += (c gz)^T q
           for (int64_t j = 0; j < R; j++)
             for (int64_t t = 0; t < C; t++) T2[j * C + t] = gz[t * R + j] * Am[t];
@@ -481,11 +487,9 @@ std::vector<at::Tensor> chunk_backward(at::Tensor W1e, at::Tensor W2e, at::Tenso
             mm(R, d, C, T2.data(), C, qm, d, oS2, d, true);
           }
           // ga2 -= (G Q2)^T q, gb2 -= (G qa2)^T gz
-          for (int64_t i = 0; i < C; i++)
-            for (int64_t j = 0; j < C; j++) CC2[i * C + j] = -Gm[j * C + i] * CC3[j * C + i];
+          neg_masked(Gm, CC3.data(), C, true, CC2.data());
           mm(C, d, C, CC2.data(), C, qm, d, ga2.data(), d, true);
-          for (int64_t i = 0; i < C; i++)
-            for (int64_t j = 0; j < C; j++) CC2[i * C + j] = -Gm[j * C + i] * CC1[j * C + i];
+          neg_masked(Gm, qa2.data(), C, true, CC2.data());
           mm(C, R, C, CC2.data(), C, gz.data(), R, gb2.data(), R, true);
           // gq = go + A gz W2 + c gz S2 - (G Q2) k
           float* gqm = pgq + m * C * d;
@@ -496,7 +500,7 @@ std::vector<at::Tensor> chunk_backward(at::Tensor W1e, at::Tensor W2e, at::Tenso
             scale_rows(gz.data(), C, R, cm, 1.f, xs.data());
             mm(C, d, R, xs.data(), R, S2p, d, gqm, d, true);
           }
-          for (int64_t i = 0; i < C * C; i++) CC2[i] = -Gm[i] * CC3[i];
+          neg_masked(Gm, CC3.data(), C, false, CC2.data());
           mm(C, d, C, CC2.data(), C, kk, d, gqm, d, true);
         }
 
@@ -675,36 +679,34 @@ def applies(*tensors) -> bool:
     return available()
 
 
+def _kernel_inputs(W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q, momentum):
+    """The node's saved tensors as the C++ functions take them: contiguous, values as large as the keys, beta_C flat
+    (beta and s are unused placeholders without momentum)."""
+    flat = [t.contiguous() for t in (W1e, W2e, W1, W2, S1, S2, k, torch.broadcast_to(v, k.shape), A, c, G)]
+    beta, s = (beta_end.reshape(-1).contiguous(), s_end.contiguous()) if momentum else (A, A)
+    return (*flat, beta, s, q.contiguous())
+
+
 def chunk_forward(W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q, act, dgd, self_generated, momentum,
                   read_groups):
     """`ChunkUpdateRead.forward`'s values, (W1', W2', S1', S2', out) (out is q, empty, without a read)."""
     global CALLS
     CALLS += 1
-    P, H = read_groups
-    flat = [t.contiguous() for t in (W1e, W2e, W1, W2, S1, S2, k, v, A, c, G)]
-    beta, s = (beta_end.reshape(-1).contiguous(), s_end.contiguous()) if momentum else (A, A)
-    if not self_generated:
-        flat[7] = torch.broadcast_to(v, k.shape).contiguous()
-    return _MODULE.chunk_forward(*flat, beta, s, q.contiguous(), float(dgd), bool(self_generated), bool(momentum), P,
-                                 H)
+    inputs = _kernel_inputs(W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q, momentum)
+    return _MODULE.chunk_forward(*inputs, float(dgd), bool(self_generated), bool(momentum), *read_groups)
 
 
 def chunk_backward(saved, grads, dgd, self_generated, momentum, read_groups):
     """`ChunkUpdateRead.backward`'s gradients from its saved tensors and the output gradients (None: zero)."""
     global CALLS
     CALLS += 1
-    W1e, W2e, W1, W2, S1, S2, k, v, A, c, G, beta_end, s_end, q = saved
-    P, H = read_groups
-    flat = [t.contiguous() for t in (W1e, W2e, W1, W2, S1, S2, k, v, A, c, G)]
-    beta, s = (beta_end.reshape(-1).contiguous(), s_end.contiguous()) if momentum else (A, A)
-    if not self_generated:
-        flat[7] = torch.broadcast_to(v, k.shape).contiguous()
+    W1, W2, S1, S2, k, v, beta_end, q = (saved[i] for i in (2, 3, 4, 5, 6, 7, 11, 13))
     g_new = [torch.zeros_like(t) if g is None else g.contiguous() for g, t in zip(grads[:4], (W1, W2, S1, S2))]
     g_out = grads[4] if q.numel() and grads[4] is not None else torch.zeros_like(q)
-    out = _MODULE.chunk_backward(*flat, beta, s, q.contiguous(), *g_new, g_out.contiguous(), float(dgd),
-                                 bool(self_generated), bool(momentum), P, H)
+    out = _MODULE.chunk_backward(*_kernel_inputs(*saved, momentum), *g_new, g_out.contiguous(), float(dgd),
+                                 bool(self_generated), bool(momentum), *read_groups)
     gk, gv = out[6], out[7]
-    if not self_generated and v.shape != k.shape:  # values broadcast against the keys
+    if v.shape != k.shape:  # values broadcast against the keys
         gv = gv.sum_to_size(v.shape)
     g_beta, g_s = (out[11].view(beta_end.shape), out[12]) if momentum else (None, None)
     return (*out[:6], gk, gv, out[8], out[9], out[10], g_beta, g_s, out[13] if q.numel() else None)

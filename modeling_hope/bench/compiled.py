@@ -1,9 +1,9 @@
 """torch.compile on HOPE: the eager model against the same weights wrapped in `torch.compile(model)` (everything
 outside the chunk loop compiled), with `compile_memory=True` (the per-chunk step compiled too) except on the CPU where
 the C++ chunk kernel runs (`memory_cpu.py`: faster than the compiled PyTorch step; the loop stays eager), for a
-training step and for decoding; the training step also for the Llama twin, eager and in `torch.compile(model)`, so that the HOPE / Llama
-ratio is there with both models compiled. Compile time is the first call's time less an eager call's; steps are
-interleaved, best of N."""
+training step and for decoding; the training step also for the Llama twin, eager and in `torch.compile(model)`, so that
+the HOPE / Llama ratio is there with both models compiled. Compile time is the first call's time less an eager call's;
+steps are interleaved, best of N."""
 
 import torch
 

@@ -5,10 +5,11 @@ chunk sizes agree; its naive reference is the two naive scans in turn), also as 
 (`memory_triton.fused_scan`) where it runs (a GPU with Triton). `chunked` is the model's path: on the CPU its chunks
 run in C++ (`memory_cpu.py`) where that builds (`cpu_kernel` says whether they did); `torch` is the same scan with
 the chunks in PyTorch, `compiled` with the PyTorch chunk step under torch.compile. Forward only, under torch.no_grad
-(the naive reference still takes each token's inner gradient with autograd, as it must). Inputs come from a real HopeMemoryMixer's initial
-state and its own `_produce`; the naive reference walks the tokens one by one, so its cost per token does not depend on
-the length: where it is timed on fewer tokens than the chunked operator, tokens/s are compared. Each variant's figure
-is its best of `repeats`, all variants (the naive one included) timed in turn within each repeat."""
+(the naive reference still takes each token's inner gradient with autograd, as it must). Inputs come from a real
+HopeMemoryMixer's initial state and its own `_produce`; the naive reference walks the tokens one by one, so its cost per
+token does not depend on the length: where it is timed on fewer tokens than the chunked operator, tokens/s are compared.
+Each variant's figure is its best of `repeats`, all variants (the naive one included) timed in turn within each
+repeat."""
 
 import copy
 
@@ -123,12 +124,12 @@ def run(preset: str, length: int, naive_length: int, repeats: int, seed: int = 0
         for impl, n in impls:
             runners[impl, n] = fn = _runner(op, config, n, seed, impl, device, dtype)
             if impl != "naive":
+                calls = memory_cpu.CALLS
                 _seconds(fn)  # warm-up (and the compilation)
+                if (impl, n) == ("chunked", length):
+                    cpu_kernel = memory_cpu.CALLS > calls
         # every variant once per repeat, in turn: a slow moment of a shared machine hits both sides of a ratio, where
         # timing the naive reference once after the others made single runs' ratios move by 1.5x
-        calls = memory_cpu.CALLS
-        runners["chunked", length]()
-        cpu_kernel = memory_cpu.CALLS > calls
         times = interleaved({key: (lambda fn=fn: _seconds(fn)) for key, fn in runners.items()}, repeats)
         for (impl, n), seconds in times.items():
             entry.setdefault(impl, {})[str(n)] = {"seconds": min(seconds), "tokens_per_second": n / min(seconds),
