@@ -11,7 +11,6 @@ import torch
 
 from ..cache_hope import HopeCache
 from .models import random_ids
-from .prefill import prefill
 from .timing import interleaved, now, summary
 
 
